@@ -1,0 +1,42 @@
+"""Per-example random numbers that do not depend on how a batch is split.
+
+Under `tf.distribute`, each replica sees a slice of the global batch. Drawing
+the numbers for the whole global batch from one stateless seed and keeping this
+replica's slice makes a distributed step use exactly the same noise, probes and
+transform parameters as a single-device step on the same global batch.
+"""
+
+import tensorflow as tf
+
+
+def _replica_slice():
+    """(replica index, number of replicas) in the current replica context."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:  # cross-replica context: behave as a single device
+        return 0, 1
+    return ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+
+
+def _draw(fn, shape, seed):
+    shape = tf.convert_to_tensor(shape, dtype=tf.int32)
+    rid, n = _replica_slice()
+    local = shape[0]
+    global_shape = tf.concat([[local * n], shape[1:]], axis=0)
+    values = fn(global_shape, seed=seed)
+    start = tf.cast(rid, tf.int32) * local
+    return values[start:start + local]
+
+
+def normal(shape, seed):
+    """Standard normal draws of `shape` (first axis: batch)."""
+    return _draw(tf.random.stateless_normal, shape, seed)
+
+
+def uniform(shape, seed):
+    """Uniform draws in [0, 1) of `shape` (first axis: batch)."""
+    return _draw(tf.random.stateless_uniform, shape, seed)
+
+
+def fold(seed, k):
+    """A new independent stateless seed derived from `seed` and the integer `k`."""
+    return tf.random.experimental.stateless_fold_in(seed, k)
