@@ -30,7 +30,7 @@ def _prepare(x_hat, x, luma):
 
 
 def psnr(x_hat, x, luma=True):
-    """Peak signal-to-noise ratio in dB, per image."""
+    """Peak signal-to-noise ratio in dB, per image (capped at 120 dB for identical images)."""
     x_hat, x = _prepare(x_hat, x, luma)
     mse = tf.reduce_mean(tf.square(x_hat - x), axis=[1, 2, 3])
     return 10.0 * tf.math.log(1.0 / tf.maximum(mse, 1e-12)) / tf.math.log(10.0)

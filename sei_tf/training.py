@@ -84,13 +84,16 @@ class SEIModel(keras.Model):
         self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self.psnr_tracker = keras.metrics.Mean(name="psnr")
         self.ssim_tracker = keras.metrics.Mean(name="ssim")
+        self.build((None, None, None, backbone.channels))
 
     @property
     def metrics(self):
         return [self.loss_tracker, *self.term_trackers.values(), self.psnr_tracker, self.ssim_tracker]
 
     def build(self, input_shape):
-        self.backbone(tf.zeros([1, 16, 16, input_shape[-1]]))
+        if not self.backbone.built:
+            self.backbone(tf.zeros([1, 16, 16, input_shape[-1]]))
+        self.built = True
 
     def call(self, y, training=False):
         return self.backbone(y, training=training)
@@ -98,6 +101,12 @@ class SEIModel(keras.Model):
     def compile(self, optimizer="adam", jit_compile=False, **kwargs):
         # XLA cannot compile bicubic resizes, which the physics uses.
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
+
+    def compile_from_config(self, config):
+        # Restores the optimizer (and its state, loaded next) of a saved model.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def loss_terms(self, y, x=None, seed=(0, 0), training=True):
         """Each loss term of the method, one value per batch element."""

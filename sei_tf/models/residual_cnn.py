@@ -26,8 +26,9 @@ class ResidualCNN(keras.Model):
         self.features = int(features)
         self.num_blocks = int(num_blocks)
 
-        def conv(n, activation=None, name=None):
-            return keras.layers.Conv2D(n, 3, padding="same", activation=activation, name=name)
+        def conv(n, activation=None, name=None, init="glorot_uniform"):
+            return keras.layers.Conv2D(n, 3, padding="same", activation=activation, name=name,
+                                       kernel_initializer=init)
 
         self.head = conv(self.features, name="head")
         self.blocks = [
@@ -35,7 +36,8 @@ class ResidualCNN(keras.Model):
             for i in range(self.num_blocks)
         ]
         self.body = conv(self.features, name="body")
-        self.tail = conv(self.channels * self.upscale**2, name="tail")
+        # Zero-initialised, so training starts from the non-learned reconstruction.
+        self.tail = conv(self.channels * self.upscale**2, name="tail", init="zeros")
 
     def call(self, y):
         features = self.head(y)

@@ -1,0 +1,81 @@
+"""Transforms: shape, per-element parameters, spectral effect of scaling."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sei_tf import rng, transforms
+from conftest import photo
+
+
+def _high_frequency_fraction(img):
+    """Fraction of spectral power above half the Nyquist frequency (grey image)."""
+    g = img.mean(axis=-1)
+    g = g - g.mean()
+    p = np.abs(np.fft.fftshift(np.fft.fft2(g))) ** 2
+    h, w = g.shape
+    fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w)), indexing="ij")
+    radius = np.sqrt(fy**2 + fx**2)
+    return p[radius > 0.25].sum() / p.sum()
+
+
+def test_scale_padded_keeps_shape_and_uses_each_elements_factor():
+    x = tf.constant(np.repeat(photo("astronaut", 64)[None], 16, axis=0))
+    seed = tf.constant([3, 9])
+    t = transforms.Scale((0.75, 0.5))
+    out = t(x, seed).numpy()
+    assert out.shape == x.shape
+    choice = t.draw_factors(16, rng.fold(seed, 0)).numpy()
+    assert set(choice) == {0, 1}, "both factors should occur in a batch of 16"
+    for k, f in enumerate(t.factors):
+        single = transforms.Scale((f,))(x, seed).numpy()  # same offsets, one factor
+        np.testing.assert_array_equal(out[choice == k], single[choice == k])
+    # The shrunk image itself appears somewhere on the canvas.
+    small = tf.image.resize(x[:1], (32, 32), method="bicubic").numpy()[0]
+    i = int(np.flatnonzero(choice == 1)[0])
+    found = any(np.allclose(out[i, a:a + 32, b:b + 32], small, atol=1e-6)
+                for a in range(33) for b in range(33))
+    assert found
+
+
+def test_scale_moves_energy_to_high_frequencies():
+    x = photo("astronaut", 128)[None]
+    before = _high_frequency_fraction(x[0])
+    out = transforms.Scale((0.5,))(tf.constant(x), tf.constant([1, 2])).numpy()
+    after = _high_frequency_fraction(out[0])
+    assert after > 2.0 * before, (before, after)
+
+
+def test_scale_resize_kind_returns_smaller_image():
+    x = tf.zeros([4, 48, 48, 3])
+    out = transforms.Scale((0.5,), kind="resize")(x, tf.constant([0, 0]))
+    assert out.shape == (4, 24, 24, 3)
+    out = transforms.Scale((0.75,), kind="resize", multiple=8)(tf.zeros([1, 50, 50, 1]), tf.constant([0, 0]))
+    assert out.shape == (1, 32, 32, 1)
+    with pytest.raises(ValueError):
+        transforms.Scale((1.5,))
+
+
+def test_shift_is_a_circular_roll_per_element():
+    x = np.arange(2 * 12 * 10, dtype=np.float32).reshape(2, 12, 10, 1)
+    out = transforms.Shift()(tf.constant(x), tf.constant([4, 5])).numpy()
+    shifts = []
+    for i in range(2):
+        dy, dx = (int(v) for v in np.argwhere(out[i, :, :, 0] == x[i, 0, 0, 0])[0])
+        np.testing.assert_array_equal(out[i], np.roll(x[i], (dy, dx), axis=(0, 1)))
+        shifts.append((dy, dx))
+
+
+def test_rotation_keeps_a_centred_disc_and_zero_fills_corners():
+    n = 33
+    r = np.hypot(*np.meshgrid(np.arange(n) - 16, np.arange(n) - 16, indexing="ij"))
+    blob = np.exp(-(r**2) / 30.0).astype(np.float32)[None, :, :, None]
+    ones = tf.ones([4, n, n, 1])
+    out = transforms.Rotate()(tf.constant(np.repeat(blob, 4, axis=0)), tf.constant([1, 1])).numpy()
+    np.testing.assert_allclose(out, np.repeat(blob, 4, axis=0), atol=0.03)  # isotropic: unchanged
+    corners = transforms.Rotate()(ones, tf.constant([1, 1])).numpy()[:, [0, 0, -1, -1], [0, -1, 0, -1], 0]
+    assert (corners < 1.0).any(), "corners of a rotated image come from outside: zero fill"
+    with tf.GradientTape() as tape:
+        tape.watch(ones)
+        s = tf.reduce_sum(transforms.Rotate()(ones, tf.constant([1, 1])))
+    assert tape.gradient(s, ones) is not None
