@@ -46,8 +46,7 @@ def main(argv):
             "--ground_truth", f"{data}/ground_truth")
         run("sei_tf.restore", "--model", f"{run_dir}/model.keras", f"{data}/measurements",
             "--output", os.path.join(out, "restored"), "--format", "png", *overwrite)
-        run("export.to_onnx", "--model", f"{run_dir}/model.keras", "--output", f"{run_dir}/restorer.onnx",
-            *overwrite)
+        run("export.to_onnx", "--model", f"{run_dir}/model.keras", "--output", f"{run_dir}/restorer.onnx")
         run("serving.restore", "--model", f"{run_dir}/restorer.onnx", f"{data}/measurements",
             "--output", os.path.join(out, "restored_onnx"), *overwrite)
     except subprocess.CalledProcessError as e:
