@@ -91,16 +91,32 @@ def resolve_physics(measurement_dir):
     return physics.make(FLAGS.task, FLAGS.factor, FLAGS.kernel, FLAGS.noise_sigma), {}
 
 
-def check_output(run_dir, overwrite):
-    """Refuses to clobber a finished run; a run with a backup/ folder is resumed."""
+# What a run writes into --output (and sei_tf.evaluate's default report): --overwrite removes these.
+RUN_ARTEFACTS = ("model.keras", "model.keras.tmp.keras", "log.csv", "config.json", "tensorboard", "backup",
+                 "evaluation.csv")
+
+
+def check_output(run_dir, overwrite, create=True):
+    """Refuses to clobber a finished run; a run with a backup/ folder is resumed.
+
+    With `create=False` it only checks (nothing is removed or created).
+    """
     finished = os.path.exists(os.path.join(run_dir, "model.keras"))
     resuming = os.path.isdir(os.path.join(run_dir, "backup"))
     if finished and not resuming:
         if not overwrite:
             raise TrainingError(f"{run_dir} already holds a finished run (model.keras); "
                                 "pass --overwrite to replace it or choose another --output.")
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
+        if not create:
+            return resuming
+        for name in RUN_ARTEFACTS:  # only what a run writes: --output may hold other files
+            path = os.path.join(run_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    if create:
+        os.makedirs(run_dir, exist_ok=True)
     return resuming
 
 
@@ -110,7 +126,8 @@ def resumed_epoch(backup_dir):
     if not os.path.exists(path):
         return 0
     with open(path) as f:
-        return int(json.load(f).get("epoch", -1)) + 1
+        # Keras writes the number of finished epochs (the next epoch's index).
+        return int(json.load(f).get("epoch", 0))
 
 
 def build_callbacks(run_dir, save_every_epoch=True):
@@ -146,10 +163,24 @@ def build_callbacks(run_dir, save_every_epoch=True):
             self.model.save(tmp)
             os.replace(tmp, self.path)
 
+    class BackupLastGood(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore that skips epochs ending in NaN: a rerun resumes from the last good one."""
+
+        def __init__(self, path, nan_watch):
+            super().__init__(path, delete_checkpoint=False, double_checkpoint=True)
+            self.nan_watch = nan_watch
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.nan_watch.bad_step is not None:
+                return
+            if not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
+                return
+            super().on_epoch_end(epoch, logs)
+
     nan_watch = StopOnNaN()
     callbacks = [
         nan_watch,
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"), delete_checkpoint=False),
+        BackupLastGood(os.path.join(run_dir, "backup"), nan_watch),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
     ]
@@ -166,17 +197,30 @@ def train():
     from sei_tf import data, models, training
 
     run_dir = FLAGS.output
+    strategy = None
+    if FLAGS.strategy == "multi_worker":
+        from sei_tf import distributed
+
+        # Before any TF op: collective ops are configured at startup. Only the
+        # chief writes into --output; other workers write into a temporary folder.
+        strategy = make_strategy(FLAGS.strategy)
+        run_dir = distributed.write_dir(FLAGS.output)
+    check_output(run_dir, FLAGS.overwrite, create=False)  # refuse a finished run before loading anything
+    files = data.list_images(FLAGS.measurements.split(",") if "," in FLAGS.measurements else FLAGS.measurements)
     op, meta = resolve_physics(FLAGS.measurements)
     channels = FLAGS.channels or meta.get("channels") or 3
-    files = data.list_images(FLAGS.measurements.split(",") if "," in FLAGS.measurements else FLAGS.measurements)
-    images, _ = data.load_images(files, channels=channels)
+    images, names = data.load_images(files, channels=channels)
     for warning in data.diagnose(images, op.noise_sigma):
         logging.warning("%s", warning)
     if FLAGS.method == "supervised" and not FLAGS.ground_truth:
         raise TrainingError("--method supervised needs --ground_truth.")
-    check_output(run_dir, FLAGS.overwrite)
+    for name, image in zip(names, images):
+        if min(image.shape[:2]) < FLAGS.patch_size:
+            raise TrainingError(f"{name}: the measurement is {image.shape[0]}x{image.shape[1]} pixels, smaller "
+                                f"than --patch_size {FLAGS.patch_size}. Lower --patch_size or remove the image.")
 
-    strategy = make_strategy(FLAGS.strategy)
+    if strategy is None:
+        strategy = make_strategy(FLAGS.strategy)
     factor = getattr(op, "factor", 1)
     if FLAGS.method == "supervised":
         dataset = data.paired_patch_dataset(files, FLAGS.ground_truth, FLAGS.patch_size, FLAGS.batch_size,
@@ -184,14 +228,19 @@ def train():
     else:
         dataset = data.measurement_dataset(images, FLAGS.patch_size, FLAGS.batch_size, channels,
                                            seed=FLAGS.seed, factor=factor)
-    # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
-    done = resumed_epoch(os.path.join(run_dir, "backup"))
-    if done:
-        logging.info("Resuming after epoch %d from %s/backup", done, run_dir)
-        dataset = dataset.skip(done * FLAGS.steps_per_epoch)
     validation = None
     if FLAGS.ground_truth:
         validation = data.paired_dataset(files, FLAGS.ground_truth, channels, factor=factor)
+        # A known length: Keras would otherwise warn that the input "ran out of data" every run.
+        validation = validation.apply(tf.data.experimental.assert_cardinality(len(files)))
+    check_output(run_dir, FLAGS.overwrite)  # every input is checked: only now is --output touched
+
+    # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
+    # (Multi-worker runs skip them in distributed.fit, after the chief's epoch is broadcast.)
+    done = 0 if FLAGS.strategy == "multi_worker" else resumed_epoch(os.path.join(run_dir, "backup"))
+    if done:
+        logging.info("Resuming after epoch %d from %s/backup", done, run_dir)
+        dataset = dataset.skip(done * FLAGS.steps_per_epoch)
 
     total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
     lr = (training.DelayedLinearDecay(FLAGS.learning_rate, total_steps) if FLAGS.schedule == "delayed_linear"
@@ -209,15 +258,25 @@ def train():
         json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)
     logging.info("Training %s with %s on %d images (%s, noise %.3g/255), %d steps",
                  FLAGS.backbone, FLAGS.method, len(images), op.describe(), op.noise_sigma, total_steps)
-    model.fit(dataset, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
-              validation_data=validation, callbacks=callbacks,
-              verbose=1 if FLAGS.progress and sys.stdout.isatty() else 2)
+    if FLAGS.strategy == "multi_worker":
+        try:
+            distributed.fit(model, dataset, FLAGS.epochs, FLAGS.steps_per_epoch, callbacks, strategy,
+                            validation=validation)
+        finally:
+            distributed.cleanup(run_dir, FLAGS.output)  # a non-chief's temporary folder
+    else:
+        model.fit(dataset, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+                  validation_data=validation, callbacks=callbacks,
+                  verbose=1 if FLAGS.progress and sys.stdout.isatty() else 2)
     if nan_watch.bad_step is not None:
+        kept = (f"The last good model is kept in {FLAGS.output}/model.keras"
+                if os.path.exists(os.path.join(FLAGS.output, "model.keras"))
+                else "No epoch ended with finite weights, so no model was saved")
         raise TrainingError(
-            f"The loss became NaN/Inf at step {nan_watch.bad_step}; training stopped. The last good "
-            f"model is kept in {run_dir}/model.keras. Lower --learning_rate or check the data.")
+            f"The loss became NaN/Inf at step {nan_watch.bad_step}; training stopped. {kept}. "
+            "Lower --learning_rate or check the data.")
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
-    print(f"trained {FLAGS.method} ({total_steps} steps); model written to {run_dir}/model.keras")
+    print(f"trained {FLAGS.method} ({total_steps} steps); model written to {FLAGS.output}/model.keras")
     return run_dir
 
 
