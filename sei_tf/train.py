@@ -141,6 +141,10 @@ def build_callbacks(run_dir, save_every_epoch=True):
             super().__init__()
             self.bad_step = None
 
+        def healthy(self):
+            """No NaN loss so far and every weight finite: safe to save."""
+            return self.bad_step is None and all(np.all(np.isfinite(w)) for w in self.model.get_weights())
+
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
             if loss is not None and not np.isfinite(float(loss)):
@@ -155,9 +159,7 @@ def build_callbacks(run_dir, save_every_epoch=True):
             self.path, self.nan_watch = path, nan_watch
 
         def on_epoch_end(self, epoch, logs=None):
-            if self.nan_watch.bad_step is not None:
-                return
-            if not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
+            if not self.nan_watch.healthy():
                 return
             tmp = self.path + ".tmp.keras"
             self.model.save(tmp)
@@ -171,11 +173,8 @@ def build_callbacks(run_dir, save_every_epoch=True):
             self.nan_watch = nan_watch
 
         def on_epoch_end(self, epoch, logs=None):
-            if self.nan_watch.bad_step is not None:
-                return
-            if not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
-                return
-            super().on_epoch_end(epoch, logs)
+            if self.nan_watch.healthy():
+                super().on_epoch_end(epoch, logs)
 
     nan_watch = StopOnNaN()
     callbacks = [
