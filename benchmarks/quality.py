@@ -585,7 +585,7 @@ def write_tables(cells, cfg, tasks, results_dir, cell_key, partial=None):
             c = sup["curve"]
             tail = c[-1][1] - c[len(c) // 2][1] if len(c) > 2 else float("nan")
             notes.append(f"{TASKS[t]['label']}: an SEI step took {sei['train_minutes'] / sup['train_minutes']:.1f}x "
-                         f"the wall-clock time of a supervised step; supervised test PSNR still rose by "
+                         f"the wall-clock time of a supervised step; supervised test PSNR changed by "
                          f"{tail:+.2f} dB over the second half of its steps.")
     if notes:
         L += ["", "Budget caveat: every method gets the same number of steps, not the same compute, and the "
