@@ -19,35 +19,39 @@ import sys
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("measurements", None, "Folder (or comma-separated files) of measurements.")
-flags.DEFINE_string("ground_truth", None, "Ground-truth folder: needed by --method supervised; "
-                    "otherwise used only to report validation PSNR/SSIM after each epoch.")
-flags.DEFINE_string("output", None, "Run folder for the model, logs and checkpoints.")
-flags.DEFINE_enum("method", "sei", ["sei", "sure", "ei_shift", "ei_rotate", "css", "supervised"],
-                  "Training objective (see sei_tf.training).")
-flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
-flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
-flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
-flags.DEFINE_string("backbone_args", "{}", 'JSON size overrides, e.g. \'{"features": 64, "num_blocks": 8}\'.')
-flags.DEFINE_enum("task", None, ["sr", "deblur"], "Task, when the measurements have no sidecar.")
-flags.DEFINE_integer("factor", None, "SR factor, when the measurements have no sidecar.")
-flags.DEFINE_string("kernel", None, "Blur kernel (gaussian:S, box:R or a PSF file), when no sidecar.")
-flags.DEFINE_float("noise_sigma", None, "Noise std in 8-bit units (5 = 5/255); must match the sidecar.")
-flags.DEFINE_integer("channels", None, "1 or 3; default: the sidecar's, else 3.")
-flags.DEFINE_integer("epochs", 10, "Number of epochs.")
-flags.DEFINE_integer("steps_per_epoch", 100, "Optimiser steps per epoch.")
-flags.DEFINE_integer("batch_size", 8, "Global batch size (split across replicas).")
-flags.DEFINE_integer("patch_size", 48, "Training patch side in measurement pixels.")
-flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate.")
-flags.DEFINE_enum("schedule", "delayed_linear", ["constant", "delayed_linear"],
-                  "constant, or constant for the first half then linear decay to 0.01x (the paper's).")
-flags.DEFINE_integer("seed", 0, "Seed of initial weights, crops, noise and transforms.")
-flags.DEFINE_enum("strategy", "none", ["none", "mirrored", "multi_worker"],
-                  "mirrored: all local GPUs (two logical CPUs when there is none); "
-                  "multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG.")
-flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --output.")
-flags.DEFINE_boolean("progress", True, "Show a progress bar per epoch (one line per epoch if off).")
-flags.mark_flags_as_required(["measurements", "output"])
+
+
+def define_flags():
+    """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    flags.DEFINE_string("measurements", None, "Folder (or comma-separated files) of measurements.")
+    flags.DEFINE_string("ground_truth", None, "Ground-truth folder: needed by --method supervised; "
+                        "otherwise used only to report validation PSNR/SSIM after each epoch.")
+    flags.DEFINE_string("output", None, "Run folder for the model, logs and checkpoints.")
+    flags.DEFINE_enum("method", "sei", ["sei", "sure", "ei_shift", "ei_rotate", "css", "supervised"],
+                      "Training objective (see sei_tf.training).")
+    flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
+    flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
+    flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
+    flags.DEFINE_string("backbone_args", "{}", 'JSON size overrides, e.g. \'{"features": 64, "num_blocks": 8}\'.')
+    flags.DEFINE_enum("task", None, ["sr", "deblur"], "Task, when the measurements have no sidecar.")
+    flags.DEFINE_integer("factor", None, "SR factor, when the measurements have no sidecar.")
+    flags.DEFINE_string("kernel", None, "Blur kernel (gaussian:S, box:R or a PSF file), when no sidecar.")
+    flags.DEFINE_float("noise_sigma", None, "Noise std in 8-bit units (5 = 5/255); must match the sidecar.")
+    flags.DEFINE_integer("channels", None, "1 or 3; default: the sidecar's, else 3.")
+    flags.DEFINE_integer("epochs", 10, "Number of epochs.")
+    flags.DEFINE_integer("steps_per_epoch", 100, "Optimiser steps per epoch.")
+    flags.DEFINE_integer("batch_size", 8, "Global batch size (split across replicas).")
+    flags.DEFINE_integer("patch_size", 48, "Training patch side in measurement pixels.")
+    flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate.")
+    flags.DEFINE_enum("schedule", "delayed_linear", ["constant", "delayed_linear"],
+                      "constant, or constant for the first half then linear decay to 0.01x (the paper's).")
+    flags.DEFINE_integer("seed", 0, "Seed of initial weights, crops, noise and transforms.")
+    flags.DEFINE_enum("strategy", "none", ["none", "mirrored", "multi_worker"],
+                      "mirrored: all local GPUs (two logical CPUs when there is none); "
+                      "multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG.")
+    flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --output.")
+    flags.DEFINE_boolean("progress", True, "Show a progress bar per epoch (one line per epoch if off).")
+    flags.mark_flags_as_required(["measurements", "output"])
 
 
 class TrainingError(RuntimeError):
@@ -289,4 +293,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
