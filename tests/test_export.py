@@ -23,12 +23,6 @@ import sei_tf  # noqa: E402
 from export import demo, onnx_export, triton  # noqa: E402
 from serving.metadata import RestorerMetadata  # noqa: E402
 
-try:
-    import sei_tf.models.swinir  # noqa: F401
-    SWINIR_ERROR = None
-except Exception as err:  # noqa: BLE001  (being written concurrently)
-    SWINIR_ERROR = f"sei_tf/models/swinir.py is not importable yet: {err}"
-needs_swinir = pytest.mark.skipif(SWINIR_ERROR is not None, reason=SWINIR_ERROR or "")
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
        "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -100,7 +94,6 @@ def test_metadata_round_trip(models, tmp_path):
     assert _dims(onnx.load(out).graph.output[0]) == ["batch", "height", "width", 3]
 
 
-@needs_swinir
 def test_export_swinir_parity(tmp_path):
     keras_path = demo.make_model(tmp_path / "swinir.keras", "swinir_tiny", "sr", scale=2)
     out = tmp_path / "swinir.onnx"

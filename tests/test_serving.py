@@ -23,11 +23,6 @@ from skimage import data as skdata  # noqa: E402
 from serving import DeviceError, InputError, ModelFileError, Restorer, RestorerError  # noqa: E402
 from serving import images, restore as restore_cli, tiling  # noqa: E402
 
-try:
-    import sei_tf.models.swinir  # noqa: F401
-    SWINIR_ERROR = None
-except Exception as err:  # noqa: BLE001  (being written concurrently)
-    SWINIR_ERROR = f"sei_tf/models/swinir.py is not importable yet: {err}"
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -50,8 +45,7 @@ def onnx_models(tmp_path_factory):
         "deblur": _export(tmp, "deblur", "cnn_tiny", "deblur", kernel="gaussian:2"),
         "grey_x3": _export(tmp, "grey_x3", "cnn_tiny", "sr", scale=3, channels=1),
     }
-    if SWINIR_ERROR is None:
-        models["swinir"] = _export(tmp, "swinir", "swinir_tiny", "sr", scale=2)
+    models["swinir"] = _export(tmp, "swinir", "swinir_tiny", "sr", scale=2)
     return models
 
 
@@ -194,7 +188,6 @@ def test_tile_context_is_tight(onnx_models):
     assert not np.array_equal(r.restore(x, tile=40), whole)
 
 
-@pytest.mark.skipif(SWINIR_ERROR is not None, reason=SWINIR_ERROR or "")
 def test_swinir_blended_tiles_seam_error(onnx_models):
     """Global receptive field: blended tiles differ from whole-image inference; measure by how much."""
     r = Restorer(onnx_models["swinir"], device="cpu", tile=None)
