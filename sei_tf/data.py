@@ -646,16 +646,21 @@ def _load_pairs(measurement_files, ground_truth_files, channels, factor, dicom_w
         x = read_image(xf, dicom_window=dicom_window)
         _check_channels(y, channels, yf)
         _check_channels(x, channels, xf)
-        want = (y.shape[0] * factor, y.shape[1] * factor)
-        if x.shape[:2] != want:
-            rule = f"{factor} times the measurement size" if factor > 1 else "the measurement size"
-            raise DataError(
-                f"{stem}: the ground truth {xf} is {x.shape[0]}x{x.shape[1]} but the measurement {yf} is "
-                f"{y.shape[0]}x{y.shape[1]}; the ground truth must be {rule} ({want[0]}x{want[1]}).")
+        check_pair_size(stem, y, x, yf, xf, factor)
         ys.append(y)
         xs.append(x)
         stems.append(stem)
     return ys, xs, stems
+
+
+def check_pair_size(stem, y, x, y_file, x_file, factor):
+    """Raises DataError unless the ground truth `x` is `factor` times the measurement `y` in size."""
+    want = (y.shape[0] * factor, y.shape[1] * factor)
+    if x.shape[:2] != want:
+        rule = f"{factor} times the measurement size" if factor > 1 else "the measurement size"
+        raise DataError(
+            f"{stem}: the ground truth {x_file} is {x.shape[0]}x{x.shape[1]} but the measurement {y_file} is "
+            f"{y.shape[0]}x{y.shape[1]}; the ground truth must be {rule} ({want[0]}x{want[1]}).")
 
 
 def paired_dataset(measurement_files, ground_truth_files, channels, factor=1, dicom_window=None):

@@ -188,13 +188,7 @@ def iter_pairs(measurements, ground_truth, model, pairs=None):
         y, x = data.read_image(yf), data.read_image(xf)
         check_channels(y, channels, yf)
         check_channels(x, channels, xf)
-        want = (y.shape[0] * factor, y.shape[1] * factor)
-        if x.shape[:2] != want:
-            rule = f"{factor} times the measurement size" if factor > 1 else "the measurement size"
-            raise EvaluationError(
-                f"{stem}: the ground truth {xf} is {x.shape[0]}x{x.shape[1]} but the measurement {yf} is "
-                f"{y.shape[0]}x{y.shape[1]}; for {model.physics.describe()} the ground truth must be "
-                f"{rule} ({want[0]}x{want[1]}).")
+        data.check_pair_size(stem, y, x, yf, xf, factor)
         if min(x.shape[:2]) < SSIM_WINDOW:
             raise EvaluationError(f"{xf}: {x.shape[0]}x{x.shape[1]} pixels is too small for SSIM "
                                   f"(needs at least {SSIM_WINDOW}x{SSIM_WINDOW}).")
