@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 
+from sei_tf.errors import SeiTfError
 
-class KernelError(ValueError):
+
+class KernelError(SeiTfError, ValueError):
     """A kernel that cannot be used as a point-spread function."""
 
 

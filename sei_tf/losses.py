@@ -1,13 +1,24 @@
-"""Training losses. Each returns one value per batch element, shape (B,).
+"""Loss terms. Every term has one call signature and returns one value per example.
 
-Values are mean squared errors in [0, 1] intensity units. `restorer` is the
-network f (y -> x); `physics` an operator of `sei_tf.physics`; `seed` a
-stateless seed (two int32) from which all random draws are derived.
+    term(x_net, y, physics, model, seed, x=None) -> shape (B,)
+
+- `x_net`: the restorer's output `f(y)` for this batch (float32 NHWC);
+- `y`: the measurements;
+- `physics`: the instrument (`sei_tf.physics`), which holds the noise model;
+- `model`: the restorer `f`, a callable (for the terms that run it again);
+- `seed`: a stateless seed (two int32) from which the term derives its random draws;
+- `x`: ground truth, only for the supervised term.
+
+Values are mean squared errors in [0, 1] intensity units. A term also has a
+`name` (the column in logs) and a `weight` (its factor in the objective, see
+`sei_tf.objectives`). Terms serialise with `get_config`.
 """
 
+import keras
 import tensorflow as tf
 
 from sei_tf import rng
+from sei_tf.errors import SeiTfError
 
 
 def _mean_per_example(t):
@@ -25,58 +36,129 @@ def interior_mask(shape, margin):
     return tf.cast(mask, tf.float32)[None, :, :, None]
 
 
-class SURELoss:
-    """Stein's unbiased estimate of the measurement-domain error ||A f(y) - A x||^2 / m.
+class LossTerm:
+    """Base class: a named, weighted term of the training objective."""
 
-    Divergence by Monte-Carlo with one Gaussian probe `b` and step `tau`.
-    `margin` > 0 excludes a border from the residual and the probe ("partial
-    SURE", used for blur with a circular model on patches). The `-sigma^2`
-    constant is kept so the value estimates the error, not just its gradient.
+    default_name = None
+
+    def __init__(self, name=None, weight=1.0):
+        self.name = name or self.default_name
+        self.weight = float(weight)
+
+    def __call__(self, x_net, y, physics, model, seed, x=None):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"name": self.name, "weight": self.weight}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# --- Stein's unbiased risk estimate -----------------------------------------------------
+
+def sure_gaussian(x_net, y, physics, model, seed, tau):
+    """SURE for Gaussian noise, in the measurement domain (one Monte-Carlo probe).
+
+        b ~ N(0, I) on the interior,  div = sum(b * (A f(y + tau b) - A f(y))) / tau
+        SURE = ||A f(y) - y||^2 / m - sigma^2 + 2 sigma^2 div / m
+
+    It estimates ||A f(y) - A x||^2 / m without bias. `physics.margin` > 0 leaves a
+    border out of the residual and the probe ("partial SURE", for blur on patches).
+    """
+    shape = tf.shape(y)
+    mask = interior_mask(shape, physics.margin)
+    m = tf.reduce_sum(mask) * tf.cast(shape[3], tf.float32)
+    b = rng.normal(shape, seed) * mask
+    ax1 = physics.A(x_net)
+    ax1_probe = physics.A(model(y + tau * b))
+    residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
+    divergence = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
+    var = physics.noise.variance
+    return residual - var + 2.0 * var * divergence / m
+
+
+# Noise models name their estimator (`Noise.sure_estimator`) by a key of this table.
+SURE_ESTIMATORS = {"gaussian": sure_gaussian}
+
+
+@keras.saving.register_keras_serializable(package="sei_tf")
+class SURE(LossTerm):
+    """Stein's unbiased risk estimate, with the estimator that fits the physics' noise model.
+
+    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units).
     """
 
-    def __init__(self, tau=0.01, margin=0):
+    default_name = "sure"
+
+    def __init__(self, tau=0.01, name=None, weight=1.0):
+        super().__init__(name, weight)
         self.tau = float(tau)
-        self.margin = int(margin)
 
-    def __call__(self, y, x1, restorer, physics, seed):
-        shape = tf.shape(y)
-        mask = interior_mask(shape, self.margin)
-        m = tf.reduce_sum(mask) * tf.cast(shape[3], tf.float32)
-        b = rng.normal(shape, seed) * mask
-        ax1 = physics.A(x1)
-        ax1_probe = physics.A(restorer(y + self.tau * b))
-        residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
-        divergence = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / self.tau
-        var = physics.sigma ** 2
-        return residual - var + 2.0 * var * divergence / m
+    def __call__(self, x_net, y, physics, model, seed, x=None):
+        key = physics.noise.sure_estimator
+        if key not in SURE_ESTIMATORS:
+            raise SeiTfError(f"No SURE estimator for {physics.noise.describe()}.")
+        return SURE_ESTIMATORS[key](x_net, y, physics, model, seed, self.tau)
+
+    def get_config(self):
+        return {**super().get_config(), "tau": self.tau}
 
 
-class EquivarianceLoss:
-    """||f(A T(x1) + e') - T(x1)||^2 / n: the restorer must commute with `transform`.
+# --- equivariance -----------------------------------------------------------------------
 
-    With `stop_gradient=True` (the paper's choice) the target T(x1) is a
-    constant, so gradients flow only through the second pass f(y2).
+@keras.saving.register_keras_serializable(package="sei_tf")
+class Equivariance(LossTerm):
+    """||f(A T(x1) + e') - T(x1)||^2 / n with x1 = f(y): f must commute with `transform`.
+
+    With `stop_gradient=True` (the paper's choice) the target T(x1) is a constant,
+    so gradients flow only through the second pass f(y2).
     """
 
-    def __init__(self, transform, stop_gradient=True):
+    default_name = "ei"
+
+    def __init__(self, transform, stop_gradient=True, name=None, weight=1.0):
+        super().__init__(name, weight)
+        if isinstance(transform, dict):
+            transform = keras.saving.deserialize_keras_object(transform)
         self.transform = transform
         self.stop_gradient = bool(stop_gradient)
 
-    def __call__(self, x1, restorer, physics, seed):
-        x2 = self.transform(x1, rng.fold(seed, 0))
+    def __call__(self, x_net, y, physics, model, seed, x=None):
+        x2 = self.transform(x_net, rng.fold(seed, 0))
         if self.stop_gradient:
             x2 = tf.stop_gradient(x2)
         y2 = physics(x2, rng.fold(seed, 1))
-        x3 = restorer(y2)
+        x3 = model(y2)
         return _mean_per_example(tf.square(x3 - x2))
 
+    def get_config(self):
+        return {**super().get_config(), "transform": keras.saving.serialize_keras_object(self.transform),
+                "stop_gradient": self.stop_gradient}
 
-def supervised_loss(x_hat, x):
-    """Plain MSE against ground truth (the upper reference)."""
-    return _mean_per_example(tf.square(x_hat - x))
+
+# --- baselines --------------------------------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="sei_tf")
+class Supervised(LossTerm):
+    """||f(y) - x||^2 / n against ground truth `x` (the upper reference)."""
+
+    default_name = "supervised"
+    needs_ground_truth = True
+
+    def __call__(self, x_net, y, physics, model, seed, x=None):
+        if x is None:
+            raise SeiTfError("The supervised loss needs (measurement, ground truth) pairs.")
+        return _mean_per_example(tf.square(x_net - x))
 
 
-def css_loss(y, restorer, physics, seed):
-    """CSS baseline: the measurement is the target of its own re-degraded copy A y + e'."""
-    y_tilde = physics(y, seed)
-    return _mean_per_example(tf.square(restorer(y_tilde) - y))
+@keras.saving.register_keras_serializable(package="sei_tf")
+class CSS(LossTerm):
+    """CSS baseline: ||f(A y + e') - y||^2 / n, the measurement as target of its re-degraded copy."""
+
+    default_name = "css"
+
+    def __call__(self, x_net, y, physics, model, seed, x=None):
+        y_tilde = physics(y, seed)
+        return _mean_per_example(tf.square(model(y_tilde) - y))

@@ -1,43 +1,56 @@
 """Forward models `y = A x + e` of the imaging instrument.
 
-Images are float32 NHWC tensors with values in [0, 1]. The noise level is given
-in 8-bit units (`noise_sigma=5` means a standard deviation of 5/255) and stored
-as `sigma` in [0, 1] units. Every operator serialises with `get_config`, so a
-saved model records the instrument it was trained for.
+The physics object is the one description of the instrument in sei-tf. It knows
+the linear operator `A` (and its adjoint), the noise model (`sei_tf.noise`), how
+much larger the signal is than the measurement (`upscale`), the non-learned
+reconstruction the paper compares against (`baseline`), which image sizes fit
+(`fit_signal_size`, `check_measurement_size`) and whether two descriptions differ
+(`differences`, `is_compatible`). No other module branches on the kind of task.
+
+Images are float32 NHWC tensors with values in [0, 1]. Every operator serialises
+with `get_config`, so a saved model, a sidecar and an ONNX file record the
+instrument they were made for.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sei_tf import kernels as kernels_lib
-from sei_tf import rng
+from sei_tf import noise as noise_lib
+from sei_tf.errors import PhysicsError
 
 
 class Physics:
-    """Base class: a linear operator `A`, its adjoint and Gaussian noise."""
+    """Base class: a linear operator `A`, its adjoint and a noise model.
 
-    task = None
+    `noise` is a `sei_tf.noise.Noise`, its serialised form, or a number (the
+    Gaussian sigma in 8-bit units); `noise_sigma` is the older spelling of the
+    same number. The default is Gaussian noise of 5/255.
+    """
 
-    def __init__(self, noise_sigma=5.0):
-        if noise_sigma < 0:
-            raise ValueError(f"noise_sigma must be >= 0 (8-bit units), got {noise_sigma}.")
-        self.noise_sigma = float(noise_sigma)
+    task = None  # short name stored in files for people and older readers
+
+    def __init__(self, noise_sigma=None, noise=None):
+        if noise is not None and noise_sigma is not None:
+            raise PhysicsError("Give the noise as `noise` or as `noise_sigma`, not both.")
+        if noise is None:
+            noise = 5.0 if noise_sigma is None else noise_sigma
+        self.noise = noise_lib.deserialize(noise)
+
+    # --- what the instrument does -------------------------------------------------------
 
     @property
-    def sigma(self):
-        """Noise standard deviation in [0, 1] units."""
-        return self.noise_sigma / 255.0
+    def upscale(self):
+        """Signal side length / measurement side length (1 when both are the same size)."""
+        return 1
 
     @property
     def margin(self):
-        """Border width (measurement pixels) excluded from SURE; 0 when none."""
+        """Border width (measurement pixels) that patches do not model well; excluded from SURE."""
         return 0
 
     def A(self, x):
-        raise NotImplementedError
-
-    def signal_shape(self, y_shape):
-        """Shape of `x` (a tensor) for a measurement of shape `y_shape`."""
         raise NotImplementedError
 
     def A_adjoint(self, y):
@@ -48,25 +61,85 @@ class Physics:
             ax = self.A(x)
         return tape.gradient(ax, x, output_gradients=y)
 
-    def noise(self, shape, seed):
-        """Gaussian noise of std `sigma`; `seed` is a stateless seed (2 ints)."""
-        return self.sigma * rng.normal(shape, seed)
-
     def __call__(self, x, seed):
-        """Simulates a measurement: `A x` plus fresh noise."""
-        ax = self.A(x)
-        return ax + self.noise(tf.shape(ax), seed)
+        """Simulates a measurement: `A x` plus fresh noise; `seed` is a stateless seed."""
+        return self.noise.sample(self.A(x), seed)
+
+    def signal_shape(self, y_shape):
+        """Shape of `x` (a tensor) for a measurement of shape `y_shape`."""
+        u = self.upscale
+        return tf.stack([y_shape[0], y_shape[1] * u, y_shape[2] * u, y_shape[3]])
 
     def baseline(self, y):
         """The non-learned reconstruction the paper compares against."""
         raise NotImplementedError
 
+    baseline_name = "baseline"
+
+    # --- which sizes fit ------------------------------------------------------------------
+
+    def fit_signal_size(self, height, width, source="image"):
+        """The largest (height, width) <= the given one that `A` accepts: crop the signal to it.
+
+        Raises PhysicsError when the image is too small for the instrument.
+        """
+        u = self.upscale
+        h, w = (int(height) // u) * u, (int(width) // u) * u
+        if h < u or w < u:
+            raise PhysicsError(f"{source}: {height}x{width} pixels is too small for {self.describe()}.")
+        return h, w
+
+    def check_measurement_size(self, height, width, source="measurement"):
+        """Raises PhysicsError when a measurement (or training patch) is too small to use."""
+        if min(height, width) <= 2 * self.margin:
+            raise PhysicsError(
+                f"{source}: {height}x{width} pixels leaves no interior once the SURE margin of "
+                f"{self.margin} pixels ({self.describe()}) is removed on each side; it must be larger "
+                f"than {2 * self.margin} pixels.")
+
+    # --- naming and comparing -----------------------------------------------------------
+
+    @property
+    def noise_sigma(self):
+        """Gaussian noise level in 8-bit units, or None for other noise models."""
+        return getattr(self.noise, "sigma", None)
+
     def describe(self):
-        """A short human-readable name, e.g. 'sr x4' or 'blur gaussian:2'."""
+        """A short human-readable name, e.g. 'sr x4, gaussian sigma 5/255'."""
+        return f"{self.describe_operator()}, {self.noise.describe()}"
+
+    def describe_operator(self):
         raise NotImplementedError
 
+    def summary(self):
+        """Flat, human-readable facts for file metadata: task, upscale, operator, noise."""
+        return {"task": self.task, "upscale": self.upscale, "operator": self.describe_operator(),
+                "noise": self.noise.describe()}
+
+    def differences(self, other):
+        """What differs between two descriptions, as sentences (empty: the same instrument)."""
+        if type(self) is not type(other):
+            return [f"the operator: {self.describe_operator()} vs {other.describe_operator()}"]
+        out = self._operator_differences(other)
+        if self.noise != other.noise:
+            out.append(f"the noise: {self.noise.describe()} vs {other.noise.describe()}")
+        return out
+
+    def _operator_differences(self, other):
+        a, b = self.get_config(), other.get_config()
+        a.pop("noise"), b.pop("noise")
+        return [] if a == b else [f"the operator: {self.describe_operator()} vs {other.describe_operator()}"]
+
+    def is_compatible(self, other):
+        """True when a restorer made for `self` can restore `other`'s measurements.
+
+        That needs the same kind of operator and the same upscale; the kernel and
+        the noise may differ (the restorer then works outside what it was trained for).
+        """
+        return type(self) is type(other) and self.upscale == other.upscale
+
     def get_config(self):
-        return {"noise_sigma": self.noise_sigma}
+        return {"noise": noise_lib.serialize(self.noise)}
 
     @classmethod
     def from_config(cls, config):
@@ -81,28 +154,33 @@ class SuperResolution(Physics):
     """
 
     task = "sr"
+    baseline_name = "bicubic"
 
-    def __init__(self, factor=2, noise_sigma=5.0):
-        super().__init__(noise_sigma)
+    def __init__(self, factor=2, noise_sigma=None, noise=None):
+        super().__init__(noise_sigma, noise)
         if int(factor) != factor or factor < 1:
-            raise ValueError(f"SR factor must be a positive integer, got {factor}.")
+            raise PhysicsError(f"The SR factor must be a positive integer, got {factor}.")
         self.factor = int(factor)
+
+    @property
+    def upscale(self):
+        return self.factor
 
     def A(self, x):
         s = tf.shape(x)
         size = tf.stack([s[1] // self.factor, s[2] // self.factor])
         return tf.image.resize(x, size, method="bicubic", antialias=True)
 
-    def signal_shape(self, y_shape):
-        return tf.stack([y_shape[0], y_shape[1] * self.factor, y_shape[2] * self.factor, y_shape[3]])
-
     def baseline(self, y):
         s = tf.shape(y)
         size = tf.stack([s[1] * self.factor, s[2] * self.factor])
         return tf.image.resize(y, size, method="bicubic")
 
-    def describe(self):
+    def describe_operator(self):
         return f"sr x{self.factor}"
+
+    def summary(self):
+        return {**super().summary(), "factor": self.factor}
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
@@ -117,9 +195,10 @@ class Blur(Physics):
     """
 
     task = "deblur"
+    baseline_name = "blurred input"
 
-    def __init__(self, kernel="gaussian:2", noise_sigma=5.0, kernel_name=None):
-        super().__init__(noise_sigma)
+    def __init__(self, kernel="gaussian:2", noise_sigma=None, kernel_name=None, noise=None):
+        super().__init__(noise_sigma, noise)
         if isinstance(kernel, str):
             kernel_name = kernel_name or kernel
             kernel = kernels_lib.from_spec(kernel)
@@ -132,22 +211,40 @@ class Blur(Physics):
 
     def A(self, x):
         kh, kw = self.kernel.shape
-        ph, pw = kh // 2, kw // 2
-        x = _wrap_pad(x, ph, pw)
+        x = _wrap_pad(x, kh // 2, kw // 2)
         channels = x.shape[-1]
         # depthwise_conv2d correlates; flipping the PSF makes it a true convolution.
-        k = tf.constant(self.kernel[::-1, ::-1].copy())
+        k = tf.constant(self.kernel[::-1, ::-1].copy(), dtype=x.dtype)
         k = tf.tile(k[:, :, None, None], [1, 1, channels, 1])
         return tf.nn.depthwise_conv2d(x, k, strides=[1, 1, 1, 1], padding="VALID")
-
-    def signal_shape(self, y_shape):
-        return y_shape
 
     def baseline(self, y):
         return y
 
-    def describe(self):
+    def fit_signal_size(self, height, width, source="image"):
+        kh, kw = self.kernel.shape
+        if height < kh or width < kw:
+            raise PhysicsError(f"{source}: {height}x{width} pixels is smaller than the {kh}x{kw} blur kernel "
+                               f"({self.kernel_name}).")
+        return int(height), int(width)
+
+    def check_measurement_size(self, height, width, source="measurement"):
+        kh, kw = self.kernel.shape
+        if min(height, width) <= 2 * self.margin:
+            raise PhysicsError(
+                f"{source}: {height}x{width} pixels is too small for the {kh}x{kw} blur kernel "
+                f"({self.kernel_name}): SURE leaves out a border of {self.margin} pixels on each side, "
+                f"so the side must be larger than {2 * self.margin} pixels.")
+
+    def describe_operator(self):
         return f"blur {self.kernel_name}"
+
+    def summary(self):
+        return {**super().summary(), "kernel": self.kernel_name, "kernel_array": self.kernel.tolist()}
+
+    def _operator_differences(self, other):
+        same = self.kernel.shape == other.kernel.shape and np.allclose(self.kernel, other.kernel, atol=1e-6)
+        return [] if same else [f"the blur kernel: {self.kernel_name} vs {other.kernel_name}"]
 
     def get_config(self):
         return {**super().get_config(), "kernel": self.kernel.tolist(), "kernel_name": self.kernel_name}
@@ -162,18 +259,51 @@ def _wrap_pad(x, ph, pw):
     return x
 
 
-def make(task, factor=None, kernel=None, noise_sigma=5.0):
-    """Builds an operator from plain settings (as used by the CLIs and sidecars)."""
+# --- building and storing ---------------------------------------------------------------
+
+TASKS = {"sr": SuperResolution, "deblur": Blur}
+
+
+def make(task, factor=None, kernel=None, noise_sigma=None, noise=None):
+    """Builds an operator from plain settings (command-line flags, older sidecars)."""
     if task == "sr":
-        return SuperResolution(factor=factor or 2, noise_sigma=noise_sigma)
+        return SuperResolution(factor=factor or 2, noise_sigma=noise_sigma, noise=noise)
     if task == "deblur":
-        return Blur(kernel=kernel if kernel is not None else "gaussian:2", noise_sigma=noise_sigma)
-    raise ValueError(f"Unknown task {task!r}: use 'sr' or 'deblur'.")
+        return Blur(kernel=kernel if kernel is not None else "gaussian:2", noise_sigma=noise_sigma, noise=noise)
+    raise PhysicsError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
 
 
 def serialize(physics):
+    """A JSON-friendly dict that `deserialize` turns back into the same physics."""
     return keras.saving.serialize_keras_object(physics)
 
 
 def deserialize(config):
-    return keras.saving.deserialize_keras_object(config)
+    """The physics from `serialize`'s output (configs without `noise` hold `noise_sigma`)."""
+    if isinstance(config, Physics):
+        return config
+    try:
+        op = keras.saving.deserialize_keras_object(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise PhysicsError(f"Cannot rebuild the physics from {str(config)[:200]}: {err}") from err
+    if not isinstance(op, Physics):
+        raise PhysicsError(f"{str(config)[:200]} does not describe a sei-tf physics.")
+    return op
+
+
+def from_legacy(meta):
+    """The physics from the flat keys of sidecar format 1 and ONNX metadata format 1.
+
+    `meta` holds `task`, `noise_sigma` and `factor` (sr) or `kernel_array` and
+    `kernel` (deblur); `kernel_array` wins over a kernel name, since a PSF file
+    may have changed since.
+    """
+    task = meta.get("task")
+    try:
+        if task == "deblur":
+            return Blur(np.asarray(meta["kernel_array"], np.float32), noise_sigma=float(meta["noise_sigma"]),
+                        kernel_name=meta.get("kernel"))
+        return make(task, factor=int(meta["factor"]) if task == "sr" else None,
+                    noise_sigma=float(meta["noise_sigma"]))
+    except KeyError as err:
+        raise PhysicsError(f"The description of task {task!r} lacks {err.args[0]!r}.") from err

@@ -1,25 +1,19 @@
 """`SEIModel`: a Keras model whose `fit` trains a restorer from measurements.
 
-`model.fit(dataset)` takes batches of measurements `y` (float32 NHWC in
-[0, 1]); only the "supervised" method needs `(y, x)` pairs. `evaluate` on
-`(y, x)` pairs reports PSNR and SSIM with the paper's protocol.
+`model.fit(dataset)` takes batches of measurements `y` (float32 NHWC in [0, 1]);
+an objective with a supervised term needs `(y, x)` pairs. `evaluate` on `(y, x)`
+pairs reports PSNR and SSIM with the paper's protocol.
 
-Methods (the paper's comparison):
-- "sei": SURE + alpha * scale-equivariance (SEQ), the proposed method;
-- "sure": SURE alone;
-- "ei_shift", "ei_rotate": SURE + alpha * equivariance to shifts / rotations;
-- "css": the measurement as target of its own re-degraded copy;
-- "supervised": MSE against ground truth.
-`stop_gradient` (default True) stops the gradient through the equivariance
-target; turning it off gives the paper's ablation.
+The objective is a list of loss terms (`sei_tf.objectives`, where the SEI
+equations are written out); give a preset name ("sei", "sure", "ei_shift",
+"ei_rotate", "css", "supervised", "sei_no_stop_gradient") or a list of terms.
 """
 
 import keras
 import tensorflow as tf
 
-from sei_tf import losses, metrics, physics as physics_lib, rng, transforms
-
-METHODS = ("sei", "sure", "ei_shift", "ei_rotate", "css", "supervised")
+from sei_tf import metrics, objectives, physics as physics_lib, rng
+from sei_tf import models  # noqa: F401  (registers the backbones that saved models name)
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -44,44 +38,40 @@ class DelayedLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "hold": self.hold, "final_ratio": self.final_ratio}
 
 
+# Keys of version 0.1 configs, where the objective was a method name plus options.
+_LEGACY_OBJECTIVE_KEYS = ("alpha", "stop_gradient", "scale_factors", "scale_kind", "tau")
+
+
 @keras.saving.register_keras_serializable(package="sei_tf")
 class SEIModel(keras.Model):
     """Wraps a backbone restorer with the physics and the training objective.
 
     Calling the model runs the backbone only: `model(y)` is the restored image.
+    `objective`: a preset name or a list of `sei_tf.losses` terms (`method` is an
+    older name for the same argument). `seed` seeds every random draw of a step,
+    together with the step number.
     """
 
-    def __init__(self, backbone, physics, method="sei", alpha=1.0, stop_gradient=True,
-                 scale_factors=(0.75, 0.5), scale_kind="padded", tau=0.01, seed=0, **kwargs):
+    def __init__(self, backbone, physics, objective="sei", seed=0, method=None, **kwargs):
+        legacy = {k: kwargs.pop(k) for k in _LEGACY_OBJECTIVE_KEYS if k in kwargs}
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
-        if isinstance(physics, dict):
-            physics = physics_lib.deserialize(physics)
-        if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
         self.backbone = backbone
-        self.physics = physics
-        self.method = method
-        self.alpha = float(alpha)
-        self.stop_gradient = bool(stop_gradient)
-        self.scale_factors = tuple(scale_factors)
-        self.scale_kind = scale_kind
-        self.tau = float(tau)
+        self.physics = physics_lib.deserialize(physics)
+        objective = method or objective
+        if isinstance(objective, str):
+            self.method = objective
+            objective = objectives.preset(objective, upscale=self.physics.upscale, **legacy)
+        else:
+            self.method = "custom"
+            if objective and isinstance(objective[0], dict):
+                objective = objectives.deserialize(objective)
+        self.objective = objectives.check(objective)
         self.seed = int(seed)
 
-        self.sure_loss = losses.SURELoss(tau=tau, margin=physics.margin)
-        transform = {"sei": transforms.Scale(scale_factors, kind=scale_kind,
-                                             multiple=getattr(physics, "factor", 1)),
-                     "ei_shift": transforms.Shift(), "ei_rotate": transforms.Rotate()}.get(method)
-        self.equivariance_loss = (losses.EquivarianceLoss(transform, stop_gradient)
-                                  if transform is not None else None)
-
-        names = {"sei": ["sure", "seq"], "sure": ["sure"], "ei_shift": ["sure", "ei"],
-                 "ei_rotate": ["sure", "ei"], "css": ["css"], "supervised": ["supervised"]}[method]
-        self.term_names = names
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.term_trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        self.term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in self.objective}
         self.psnr_tracker = keras.metrics.Mean(name="psnr")
         self.ssim_tracker = keras.metrics.Mean(name="ssim")
         self.build((None, None, None, backbone.channels))
@@ -109,40 +99,24 @@ class SEIModel(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def loss_terms(self, y, x=None, seed=(0, 0), training=True):
-        """Each loss term of the method, one value per batch element."""
+        """Each term of the objective, one value per batch element (name -> tensor).
+
+        Term i draws its random numbers from `fold(seed, i + 1)`.
+        """
         seed = tf.cast(tf.convert_to_tensor(seed), tf.int32)
 
         def restorer(t):
             return self.backbone(t, training=training)
 
-        if self.method == "supervised":
-            if x is None:
-                raise ValueError("method 'supervised' needs (measurement, ground truth) pairs.")
-            return {"supervised": losses.supervised_loss(restorer(y), x)}
-        if self.method == "css":
-            return {"css": losses.css_loss(y, restorer, self.physics, seed)}
-        x1 = restorer(y)
-        terms = {"sure": self.sure_loss(y, x1, restorer, self.physics, rng.fold(seed, 1))}
-        if self.equivariance_loss is not None:
-            name = "seq" if self.method == "sei" else "ei"
-            terms[name] = self.equivariance_loss(x1, restorer, self.physics, rng.fold(seed, 2))
-        return terms
-
-    def total(self, terms):
-        """Per-example objective: the first term plus alpha times the equivariance term."""
-        total = 0.0
-        for name, value in terms.items():
-            total += self.alpha * value if name in ("seq", "ei") else value
-        return total
-
-    def _step_seed(self):
-        return tf.stack([tf.constant(self.seed, tf.int32), tf.cast(self.optimizer.iterations, tf.int32)])
+        x_net = restorer(y)
+        return {term.name: term(x_net, y, self.physics, restorer, rng.fold(seed, i + 1), x=x)
+                for i, term in enumerate(self.objective)}
 
     def train_step(self, data):
-        y, x = _unpack(data)
+        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             terms = self.loss_terms(y, x, self._step_seed(), training=True)
-            per_example = self.total(terms)
+            per_example = objectives.total(self.objective, terms)
             # Divides by the global batch, so replica gradients sum to the mean.
             loss = tf.nn.compute_average_loss(per_example)
         grads = tape.gradient(loss, self.backbone.trainable_variables)
@@ -150,14 +124,17 @@ class SEIModel(keras.Model):
         return self._update(terms, per_example)
 
     def test_step(self, data):
-        y, x = _unpack(data)
+        y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
         if x is None:
             terms = self.loss_terms(y, None, (self.seed, 0), training=False)
-            return self._update(terms, self.total(terms))
+            return self._update(terms, objectives.total(self.objective, terms))
         x_hat = self(y, training=False)
         self.psnr_tracker.update_state(metrics.psnr(x_hat, x))
         self.ssim_tracker.update_state(metrics.ssim(x_hat, x))
         return {"psnr": self.psnr_tracker.result(), "ssim": self.ssim_tracker.result()}
+
+    def _step_seed(self):
+        return tf.stack([tf.constant(self.seed, tf.int32), tf.cast(self.optimizer.iterations, tf.int32)])
 
     def _update(self, terms, per_example):
         self.loss_tracker.update_state(per_example)
@@ -172,14 +149,18 @@ class SEIModel(keras.Model):
             **super().get_config(),
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "physics": physics_lib.serialize(self.physics),
-            "method": self.method, "alpha": self.alpha, "stop_gradient": self.stop_gradient,
-            "scale_factors": list(self.scale_factors), "scale_kind": self.scale_kind,
-            "tau": self.tau, "seed": self.seed,
+            "objective": objectives.serialize(self.objective),
+            "method": self.method,
+            "seed": self.seed,
         }
 
-
-def _unpack(data):
-    """Accepts `y`, `(y,)` or `(y, x)` dataset elements."""
-    if isinstance(data, (tuple, list)):
-        return data[0], (data[1] if len(data) > 1 else None)
-    return data, None
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "objective" in config:  # a saved list of terms; `method` names it
+            objective = objectives.deserialize(config.pop("objective"))
+            method = config.pop("method", "custom")
+            model = cls(objective=objective, **config)
+            model.method = method
+            return model
+        return cls(**config)  # version 0.1: `method` plus the options in _LEGACY_OBJECTIVE_KEYS

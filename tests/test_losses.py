@@ -33,9 +33,8 @@ def test_sure_is_unbiased_estimate_of_measurement_mse(op_name):
     n = 512
     xb = tf.constant(np.repeat(x, n, axis=0))
     ax = op.A(xb)
-    y = ax + op.noise(tf.shape(ax), seed=[3, 4])
-    loss = losses.SURELoss(tau=0.01, margin=op.margin)
-    sure = loss(y, f(y), f, op, seed=tf.constant([5, 6]))
+    y = op.noise.sample(ax, seed=[3, 4])
+    sure = losses.SURE(tau=0.01)(f(y), y, op, f, seed=tf.constant([5, 6]))
     mask = losses.interior_mask(tf.shape(y), op.margin)
     m = tf.reduce_sum(mask) * 3.0
     true = tf.reduce_sum(tf.square((op.A(f(y)) - ax) * mask), axis=[1, 2, 3]) / m
@@ -64,9 +63,9 @@ def test_stop_gradient_routes_gradient_only_through_second_pass(transform):
     seed = tf.constant([7, 8])
 
     def grads(stop):
-        loss = losses.EquivarianceLoss(transform, stop_gradient=stop)
+        loss = losses.Equivariance(transform, stop_gradient=stop)
         with tf.GradientTape() as tape:
-            value = tf.reduce_mean(loss(f(y), f, op, seed))
+            value = tf.reduce_mean(loss(f(y), y, op, f, seed))
         return tape.gradient(value, f.trainable_variables)
 
     # Reference: the target computed first and fed in as a constant.
@@ -87,11 +86,11 @@ def test_stop_gradient_routes_gradient_only_through_second_pass(transform):
 
 def test_supervised_and_css_losses():
     x = tf.random.uniform([2, 8, 8, 3], seed=2)
-    np.testing.assert_allclose(losses.supervised_loss(x + 0.1, x), [0.01, 0.01], rtol=1e-4)
+    np.testing.assert_allclose(losses.Supervised()(x + 0.1, None, None, None, None, x=x), [0.01, 0.01], rtol=1e-4)
     op = physics.Blur("box:1", noise_sigma=0.0)
 
     def identity(t):
         return t
     # With no noise, CSS of the identity is the MSE between A y and y.
     expected = tf.reduce_mean(tf.square(op.A(x) - x), axis=[1, 2, 3])
-    np.testing.assert_allclose(losses.css_loss(x, identity, op, [0, 0]), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.CSS()(None, x, op, identity, [0, 0]), expected, rtol=1e-5)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sei_tf import kernels, physics
+from sei_tf import kernels, losses, noise, physics
+from sei_tf.errors import PhysicsError
 from conftest import photo
 
 OPERATORS = [
@@ -51,7 +52,7 @@ def test_sr_shapes_and_constant_preserved():
 
 def test_noise_level_in_8bit_units():
     op = physics.Blur("box:2", noise_sigma=5)
-    assert op.sigma == pytest.approx(5 / 255)
+    assert op.noise.std == pytest.approx(5 / 255) and op.noise_sigma == 5
     x = tf.constant(photo("camera", 64, channels=1)[None])
     y = op(x, seed=[1, 2])
     assert float(tf.math.reduce_std(y - op.A(x))) == pytest.approx(5 / 255, rel=0.05)
@@ -108,3 +109,53 @@ def test_psf_from_image_file(tmp_path):
     np.testing.assert_allclose(op.kernel, psf / psf.sum(), atol=1e-7)
     with pytest.raises(kernels.KernelError, match="Unknown kernel"):
         kernels.from_spec("not/a/file.png")
+
+
+def test_noise_is_an_object_that_names_its_sure():
+    op = physics.SuperResolution(2, noise=noise.Gaussian(7))
+    assert op.noise == noise.Gaussian(7) and op.noise_sigma == 7
+    assert op.noise.sure_estimator in losses.SURE_ESTIMATORS
+    restored = physics.deserialize(physics.serialize(op))
+    assert restored.noise == op.noise and restored.factor == 2
+    with pytest.raises(PhysicsError, match="not both"):
+        physics.Blur("box:1", noise_sigma=3, noise=noise.Gaussian(3))
+    with pytest.raises(PhysicsError, match=">= 0"):
+        noise.Gaussian(-1)
+
+
+def test_legacy_configs_and_flat_descriptions_load():
+    op = physics.SuperResolution.from_config({"noise_sigma": 4.0, "factor": 3})  # 0.1 configs
+    assert op.noise == noise.Gaussian(4) and op.upscale == 3
+    blur = physics.from_legacy({"task": "deblur", "kernel": "box:1", "noise_sigma": 2,
+                                "kernel_array": (np.ones((3, 3)) / 9).tolist()})
+    assert blur.kernel_name == "box:1" and blur.differences(physics.Blur("box:1", 2)) == []
+    assert physics.from_legacy({"task": "sr", "factor": 4, "noise_sigma": 1}).upscale == 4
+    with pytest.raises(PhysicsError, match="lacks 'factor'"):
+        physics.from_legacy({"task": "sr", "noise_sigma": 1})
+
+
+def test_differences_and_compatibility():
+    sr2 = physics.SuperResolution(2, noise_sigma=5)
+    assert sr2.differences(physics.SuperResolution(2, noise_sigma=5)) == []
+    assert sr2.differences(physics.SuperResolution(2, noise_sigma=6)) == [
+        "the noise: gaussian sigma 5/255 vs gaussian sigma 6/255"]
+    assert sr2.is_compatible(physics.SuperResolution(2, noise_sigma=9))
+    assert not sr2.is_compatible(physics.SuperResolution(3))
+    assert not sr2.is_compatible(physics.Blur("box:1"))
+    g2 = physics.Blur("gaussian:2")
+    assert "blur kernel" in g2.differences(physics.Blur("gaussian:1"))[0]
+    assert g2.is_compatible(physics.Blur("gaussian:1"))
+
+
+def test_size_checks():
+    assert physics.SuperResolution(3).fit_signal_size(256, 100) == (255, 99)
+    with pytest.raises(PhysicsError, match="too small for sr x4"):
+        physics.SuperResolution(4).fit_signal_size(3, 100)
+    big = physics.Blur(np.ones((49, 49)))
+    with pytest.raises(PhysicsError, match="smaller than the 49x49 blur kernel"):
+        big.fit_signal_size(40, 60)
+    # A 48-pixel patch leaves no interior for SURE with a 49x49 PSF (margin 24).
+    with pytest.raises(PhysicsError, match="patch.*48x48.*49x49 blur kernel.*larger than 48"):
+        big.check_measurement_size(48, 48, source="a training patch")
+    big.check_measurement_size(49, 49)
+    physics.SuperResolution(2).check_measurement_size(1, 1)

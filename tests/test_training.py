@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sei_tf import metrics, models, physics, training
+from sei_tf import metrics, models, physics, training, transforms
+from sei_tf.errors import SeiTfError
 from conftest import photo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def test_short_fit_on_real_photographs_beats_bicubic():
     # learns), so its raw value may rise. With the target held fixed, the
     # trained network must fit it better than the initial one.
     seed = tf.constant([3, 4])
-    x2 = model.equivariance_loss.transform(model(ys), seed)
+    x2 = model.objective[1].transform(model(ys), seed)
     y2 = op(x2, seed)
     seq_initial = float(tf.reduce_mean(tf.square(initial(y2) - x2)))
     seq_trained = float(tf.reduce_mean(tf.square(model(y2) - x2)))
@@ -80,9 +81,9 @@ def test_supervised_needs_ground_truth():
     model = training.SEIModel(models.build("cnn", features=8, num_blocks=1), physics.Blur("box:1"),
                               method="supervised")
     model.compile()
-    with pytest.raises(ValueError, match="needs \\(measurement, ground truth\\)"):
+    with pytest.raises(SeiTfError, match="needs \\(measurement, ground truth\\)"):
         model.fit(tf.data.Dataset.from_tensor_slices(tf.zeros([2, 16, 16, 3])).batch(2), verbose=0)
-    with pytest.raises(ValueError, match="Unknown method"):
+    with pytest.raises(SeiTfError, match="Unknown method"):
         training.SEIModel(models.build("cnn"), physics.Blur("box:1"), method="magic")
 
 
@@ -104,7 +105,9 @@ def test_save_load_predict_identical(tmp_path, backbone, op):
     loaded = keras.saving.load_model(path)
     y = tf.constant(photo("chelsea", 21)[None])
     np.testing.assert_array_equal(loaded.predict(y, verbose=0), model.predict(y, verbose=0))
-    assert loaded.method == "ei_rotate" and loaded.stop_gradient is False and loaded.seed == 11
+    assert loaded.method == "ei_rotate" and loaded.seed == 11
+    assert [t.name for t in loaded.objective] == ["sure", "ei"] and loaded.objective[1].stop_gradient is False
+    assert isinstance(loaded.objective[1].transform, transforms.Rotate)
     assert type(loaded.physics) is type(op) and loaded.physics.noise_sigma == op.noise_sigma
     np.testing.assert_array_equal(loaded.physics.A(y), op.A(y))
     assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 1

@@ -1,0 +1,90 @@
+"""Training objectives: a list of weighted loss terms, and the named presets.
+
+An objective is a list of `sei_tf.losses` terms; its value per example is the
+weighted sum of the terms. The SEI objective (Scanvic et al., arXiv 2312.11232):
+
+    x1 = f(y)
+    L_SURE = ||A x1 - y||^2 / m - sigma^2 + 2 sigma^2 div / m        (losses.sure_gaussian)
+             div = sum(b * (A f(y + tau b) - A x1)) / tau,  b ~ N(0, I),  tau = 0.01
+    x2 = stop_gradient(T_s(x1)),  s ~ U{0.75, 0.5}                      (transforms.Scale)
+    y2 = A x2 + e'                                                       (fresh noise)
+    L_SEQ = ||f(y2) - x2||^2 / n                                         (losses.Equivariance)
+    L = L_SURE + alpha * L_SEQ,  alpha = 1
+
+The presets are the methods of the paper's comparison; the command line and the
+benchmarks use them by name.
+"""
+
+import keras
+
+from sei_tf import losses, transforms
+from sei_tf.errors import SeiTfError
+
+PRESETS = ("sei", "sei_no_stop_gradient", "sure", "ei_shift", "ei_rotate", "css", "supervised")
+
+
+def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0.5), scale_kind="padded",
+           upscale=1):
+    """The list of terms of a named method.
+
+    - "sei": SURE + alpha * scale equivariance (SEQ), the proposed method;
+    - "sei_no_stop_gradient": the same with the gradient through the SEQ target (ablation);
+    - "sure": SURE alone;
+    - "ei_shift", "ei_rotate": SURE + alpha * equivariance to shifts / rotations;
+    - "css": the measurement as target of its own re-degraded copy;
+    - "supervised": MSE against ground truth.
+    `stop_gradient=False` turns any equivariance term into its ablation; `upscale` is
+    the physics' upscale (the "resize" scale transform keeps sizes multiples of it).
+    """
+    if name not in PRESETS:
+        raise SeiTfError(f"Unknown method {name!r}; choose one of {', '.join(PRESETS)}.")
+    if name == "supervised":
+        return [losses.Supervised()]
+    if name == "css":
+        return [losses.CSS()]
+    sure = losses.SURE(tau=tau)
+    if name == "sure":
+        return [sure]
+    if name.startswith("sei"):
+        transform = transforms.Scale(scale_factors, kind=scale_kind, multiple=upscale)
+        equivariance_name = "seq"
+        stop_gradient = stop_gradient and name == "sei"
+    else:
+        transform = transforms.Shift() if name == "ei_shift" else transforms.Rotate()
+        equivariance_name = "ei"
+    return [sure, losses.Equivariance(transform, stop_gradient, name=equivariance_name, weight=alpha)]
+
+
+def check(terms):
+    """Raises SeiTfError unless `terms` is a non-empty list of terms with distinct names."""
+    if not terms or not all(isinstance(t, losses.LossTerm) for t in terms):
+        raise SeiTfError(f"An objective is a non-empty list of sei_tf.losses terms, got {terms!r}.")
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise SeiTfError(f"The terms of an objective need distinct names, got {names}.")
+    return list(terms)
+
+
+def total(terms, values):
+    """Weighted sum of the per-example term values (`values`: name -> tensor of shape (B,))."""
+    out = 0.0
+    for term in terms:
+        out += term.weight * values[term.name]
+    return out
+
+
+def needs_ground_truth(terms):
+    return any(getattr(t, "needs_ground_truth", False) for t in terms)
+
+
+def describe(terms):
+    """E.g. 'sure + 1*seq' for people and logs."""
+    return " + ".join(t.name if t.weight == 1.0 else f"{t.weight:g}*{t.name}" for t in terms)
+
+
+def serialize(terms):
+    return [keras.saving.serialize_keras_object(t) for t in terms]
+
+
+def deserialize(configs):
+    return check([keras.saving.deserialize_keras_object(c) for c in configs])
