@@ -6,21 +6,35 @@ receptive field is known exactly (one pixel per convolution), which makes
 tiled inference bit-exact, and super-resolution only needs a pixel shuffle at
 the end. The network predicts a residual over the non-learned reconstruction
 (bicubic upsampling for SR, the input itself for deblurring).
+
+Reduced precision (`precision="bfloat16"` or "float16"): the convolutions
+compute in the reduced type, the skip path (identity / bicubic) stays float32,
+computed from the float32 input, and the output is float32. The skip carries
+most of the change between f(y) and f(y + tau b) in SURE's divergence probe,
+so computing it in bfloat16 would round that difference to a few bfloat16
+steps (see benchmarks/sure_bf16.py).
 """
 
 import keras
 import tensorflow as tf
 
+from sei_tf.models import mixed
+
 
 @keras.saving.register_keras_serializable(package="sei_tf")
 class ResidualCNN(keras.Model):
-    """f: y (N, H, W, C) in [0, 1] -> x (N, H*upscale, W*upscale, C).
+    """f: y (N, H, W, C) in [0, 1] -> x (N, H*upscale, W*upscale, C), float32 in and out.
 
     `features` channels, `num_blocks` residual blocks of two 3x3 convolutions.
+    `precision` ("float32", "bfloat16", "float16") is the type the convolutions
+    compute in; the weights are float32 in every case.
     """
 
-    def __init__(self, upscale=1, channels=3, features=32, num_blocks=8, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, upscale=1, channels=3, features=32, num_blocks=8, precision=None, **kwargs):
+        precision = mixed.take_precision(precision, kwargs)
+        dtype = mixed.layer_dtype(precision)
+        super().__init__(dtype=dtype, **kwargs)
+        self.precision = precision
         self.upscale = int(upscale)
         self.channels = int(channels)
         self.features = int(features)
@@ -28,7 +42,7 @@ class ResidualCNN(keras.Model):
 
         def conv(n, activation=None, name=None, init="glorot_uniform"):
             return keras.layers.Conv2D(n, 3, padding="same", activation=activation, name=name,
-                                       kernel_initializer=init)
+                                       kernel_initializer=init, dtype=dtype)
 
         self.head = conv(self.features, name="head")
         self.blocks = [
@@ -39,7 +53,20 @@ class ResidualCNN(keras.Model):
         # Zero-initialised, so training starts from the non-learned reconstruction.
         self.tail = conv(self.channels * self.upscale**2, name="tail", init="zeros")
 
-    def call(self, y):
+    @property
+    def input_dtype(self):
+        """Inputs are cast to float32 (not to the compute type): the skip path needs them exact."""
+        return "float32"
+
+    def skip(self, y):
+        """The non-learned reconstruction in float32: `y` itself, or its bicubic upsampling."""
+        if self.upscale == 1:
+            return y
+        s = tf.shape(y)
+        return tf.image.resize(y, tf.stack([s[1] * self.upscale, s[2] * self.upscale]), method="bicubic")
+
+    def residual(self, y):
+        """The learned correction at the output resolution, in the compute type."""
         features = self.head(y)
         h = features
         for conv_a, conv_b in self.blocks:
@@ -47,10 +74,12 @@ class ResidualCNN(keras.Model):
         h = self.body(h) + features
         out = self.tail(h)
         if self.upscale == 1:
-            return y + out
-        s = tf.shape(y)
-        skip = tf.image.resize(y, tf.stack([s[1] * self.upscale, s[2] * self.upscale]), method="bicubic")
-        return skip + tf.nn.depth_to_space(out, self.upscale)
+            return out
+        return tf.nn.depth_to_space(out, self.upscale)
+
+    def call(self, y):
+        y = tf.cast(y, tf.float32)
+        return self.skip(y) + tf.cast(self.residual(y), tf.float32)
 
     def tile_context(self):
         """Receptive-field radius in input pixels: tiles need this much context."""
@@ -60,4 +89,5 @@ class ResidualCNN(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "upscale": self.upscale, "channels": self.channels,
-                "features": self.features, "num_blocks": self.num_blocks}
+                "features": self.features, "num_blocks": self.num_blocks,
+                "precision": self.precision}

@@ -35,6 +35,12 @@ Design notes
 * No mean subtraction, no drop-path/dropout.
 * The attention mask uses -100 for forbidden token pairs, as in the reference
   implementation (exp(-100) underflows to ~0 after softmax).
+* Reduced precision (``precision="bfloat16"`` or ``"float16"``): every
+  convolution and dense layer computes in the reduced type with float32
+  weights; the LayerNorms, the attention softmax (with its relative position
+  bias and mask), the residual stream of the transformer blocks and, for
+  ``upscale == 1``, the global identity skip stay float32, and the output is
+  float32.  The input is taken as float32 (not cast to the reduced type).
 * SwinIR has a global receptive field (through the shifted windows and
   depth), so :meth:`SwinIR.tile_context` returns ``None``: tiled inference
   must use overlapping tiles with blending, not a fixed context margin.
@@ -47,6 +53,8 @@ import math
 import numpy as np
 import tensorflow as tf
 import keras
+
+from sei_tf.models import mixed
 
 __all__ = [
     "SwinIR",
@@ -190,9 +198,9 @@ class WindowAttention(keras.layers.Layer):
         self.head_dim = self.dim // self.num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = keras.layers.Dense(3 * self.dim, kernel_initializer=_dense_init(),
-                                      name="qkv")
+                                      name="qkv", dtype=self.dtype_policy)
         self.proj = keras.layers.Dense(self.dim, kernel_initializer=_dense_init(),
-                                       name="proj")
+                                       name="proj", dtype=self.dtype_policy)
         self._rel_index = relative_position_index(self.window_size).reshape(-1)
 
     def build(self, input_shape=None):
@@ -204,13 +212,14 @@ class WindowAttention(keras.layers.Layer):
             shape=((2 * ws - 1) ** 2, self.num_heads),
             initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             trainable=True,
+            autocast=False,  # read as float32: it is added to float32 logits
         )
         self.qkv.build((None, ws * ws, self.dim))
         self.proj.build((None, ws * ws, self.dim))
         self.built = True
 
     def relative_position_bias(self):
-        """(heads, N, N) bias gathered from the table."""
+        """(heads, N, N) float32 bias gathered from the table."""
         n = self.window_size ** 2
         bias = tf.gather(self.relative_position_bias_table,
                          tf.constant(self._rel_index))  # (N*N, heads)
@@ -225,20 +234,27 @@ class WindowAttention(keras.layers.Layer):
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # (3, B*nW, heads, N, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
         attn = tf.matmul(q * tf.cast(self.scale, q.dtype), k, transpose_b=True)
-        attn = attn + tf.cast(self.relative_position_bias(), attn.dtype)[None]
+        # Bias, mask and softmax in float32: in bfloat16 the logits (|.| ~ 10)
+        # would be rounded to ~0.06 and the masked ones (~ -100) to 0.5.
+        attn = tf.cast(attn, tf.float32)
+        attn = attn + tf.cast(self.relative_position_bias(), tf.float32)[None]
         if attn_mask is not None:  # (nW, N, N)
             nw = tf.shape(attn_mask)[0]
             attn = tf.reshape(attn, [-1, nw, heads, n, n])
-            attn = attn + tf.cast(attn_mask, attn.dtype)[None, :, None]
+            attn = attn + tf.cast(attn_mask, tf.float32)[None, :, None]
             attn = tf.reshape(attn, [-1, heads, n, n])
-        attn = tf.nn.softmax(attn, axis=-1)
+        attn = tf.cast(tf.nn.softmax(attn, axis=-1), v.dtype)
         out = tf.matmul(attn, v)  # (B*nW, heads, N, hd)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [-1, n, self.dim])
         return self.proj(out)
 
 
 class SwinTransformerBlock(keras.layers.Layer):
-    """Swin transformer layer (STL) operating on NHWC maps (H, W % window == 0)."""
+    """Swin transformer layer (STL) operating on NHWC maps (H, W % window == 0).
+
+    The residual stream (input and output) is float32 whatever the policy;
+    the attention and the MLP compute in the policy's compute type.
+    """
 
     def __init__(self, dim, num_heads, window_size, shift_size=0, mlp_ratio=2.0,
                  **kwargs):
@@ -249,11 +265,22 @@ class SwinTransformerBlock(keras.layers.Layer):
         if not 0 <= self.shift_size < self.window_size:
             raise ValueError("shift_size must be in [0, window_size)")
         hidden = int(self.dim * mlp_ratio)
-        self.norm1 = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm1")
-        self.attn = WindowAttention(self.dim, num_heads, self.window_size, name="attn")
-        self.norm2 = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm2")
-        self.fc1 = keras.layers.Dense(hidden, kernel_initializer=_dense_init(), name="fc1")
-        self.fc2 = keras.layers.Dense(self.dim, kernel_initializer=_dense_init(), name="fc2")
+        policy = self.dtype_policy
+        self.norm1 = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm1",
+                                                     dtype="float32")
+        self.attn = WindowAttention(self.dim, num_heads, self.window_size, name="attn",
+                                    dtype=policy)
+        self.norm2 = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm2",
+                                                     dtype="float32")
+        self.fc1 = keras.layers.Dense(hidden, kernel_initializer=_dense_init(), name="fc1",
+                                      dtype=policy)
+        self.fc2 = keras.layers.Dense(self.dim, kernel_initializer=_dense_init(), name="fc2",
+                                      dtype=policy)
+
+    @property
+    def input_dtype(self):
+        """The residual stream is float32; sublayers cast to their compute type."""
+        return "float32"
 
     def build(self, input_shape=None):
         if self.built:
@@ -275,14 +302,17 @@ class SwinTransformerBlock(keras.layers.Layer):
         y = self.attn(y, attn_mask=attn_mask if self.shift_size > 0 else None)
         y = window_reverse(y, self.window_size, h, w)
         y = _roll_hw(y, self.shift_size)
-        x = x + y
+        x = x + tf.cast(y, x.dtype)
         y = self.fc1(self.norm2(x))
         y = _gelu(y)
-        return x + self.fc2(y)
+        return x + tf.cast(self.fc2(y), x.dtype)
 
 
 class ResidualSwinTransformerBlock(keras.layers.Layer):
-    """RSTB: ``depth`` STLs (regular/shifted alternating) + conv3x3 + residual."""
+    """RSTB: ``depth`` STLs (regular/shifted alternating) + conv3x3 + residual.
+
+    Float32 in and out (the residual stream); the conv computes in the policy's type.
+    """
 
     def __init__(self, dim, depth, num_heads, window_size, mlp_ratio=2.0, **kwargs):
         super().__init__(**kwargs)
@@ -291,10 +321,16 @@ class ResidualSwinTransformerBlock(keras.layers.Layer):
             SwinTransformerBlock(
                 dim, num_heads, window_size,
                 shift_size=0 if i % 2 == 0 else window_size // 2,
-                mlp_ratio=mlp_ratio, name=f"stl_{i}")
+                mlp_ratio=mlp_ratio, name=f"stl_{i}", dtype=self.dtype_policy)
             for i in range(int(depth))
         ]
-        self.conv = keras.layers.Conv2D(self.dim, 3, padding="same", name="conv")
+        self.conv = keras.layers.Conv2D(self.dim, 3, padding="same", name="conv",
+                                        dtype=self.dtype_policy)
+
+    @property
+    def input_dtype(self):
+        """The residual stream is float32; sublayers cast to their compute type."""
+        return "float32"
 
     def build(self, input_shape=None):
         if self.built:
@@ -308,7 +344,7 @@ class ResidualSwinTransformerBlock(keras.layers.Layer):
         y = x
         for blk in self.blocks:
             y = blk(y, attn_mask=attn_mask)
-        return x + self.conv(y)
+        return x + tf.cast(self.conv(y), x.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -337,6 +373,9 @@ class SwinIR(keras.Model):
         num_heads: attention heads in each RSTB.
         window_size: attention window side; the shift is ``window_size // 2``.
         mlp_ratio: MLP hidden width / embed_dim.
+        precision: "float32", "bfloat16" or "float16": the type the convolutions
+            and dense layers compute in (weights are float32 in every case);
+            input and output are float32.
 
     Paper "classical SR" config: embed_dim=180, depths=num_heads=(6,)*6,
     window_size=8, mlp_ratio=2.  Light CPU config: embed_dim=60,
@@ -348,8 +387,11 @@ class SwinIR(keras.Model):
 
     def __init__(self, upscale=1, channels=3, embed_dim=180,
                  depths=(6, 6, 6, 6, 6, 6), num_heads=(6, 6, 6, 6, 6, 6),
-                 window_size=8, mlp_ratio=2.0, **kwargs):
-        super().__init__(**kwargs)
+                 window_size=8, mlp_ratio=2.0, precision=None, **kwargs):
+        precision = mixed.take_precision(precision, kwargs)
+        policy = mixed.layer_dtype(precision)
+        super().__init__(dtype=policy, **kwargs)
+        self.precision = precision
         depths = [int(d) for d in depths]
         num_heads = [int(h) for h in num_heads]
         if len(depths) != len(num_heads):
@@ -366,16 +408,19 @@ class SwinIR(keras.Model):
         self.shift_size = self.window_size // 2
         self._factors = _upsample_factors(self.upscale)
 
-        conv = keras.layers.Conv2D
+        def conv(*args, **kw):
+            return keras.layers.Conv2D(*args, dtype=policy, **kw)
+
         self.conv_first = conv(self.embed_dim, 3, padding="same", name="conv_first")
         self.patch_norm = keras.layers.LayerNormalization(epsilon=_LN_EPS,
-                                                          name="patch_norm")
+                                                          name="patch_norm", dtype="float32")
         self.stages = [
             ResidualSwinTransformerBlock(self.embed_dim, d, h, self.window_size,
-                                         self.mlp_ratio, name=f"rstb_{i}")
+                                         self.mlp_ratio, name=f"rstb_{i}", dtype=policy)
             for i, (d, h) in enumerate(zip(depths, num_heads))
         ]
-        self.norm = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm")
+        self.norm = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm",
+                                                    dtype="float32")
         self.conv_after_body = conv(self.embed_dim, 3, padding="same",
                                     name="conv_after_body")
         if self.upscale > 1:
@@ -402,6 +447,7 @@ class SwinIR(keras.Model):
             "num_heads": list(self.num_heads),
             "window_size": self.window_size,
             "mlp_ratio": self.mlp_ratio,
+            "precision": self.precision,
         })
         return config
 
@@ -438,6 +484,11 @@ class SwinIR(keras.Model):
             return None if d is None else d * self.upscale
         return (input_shape[0], up(input_shape[1]), up(input_shape[2]), self.channels)
 
+    @property
+    def input_dtype(self):
+        """Inputs are cast to float32 (not to the compute type): the identity skip needs them exact."""
+        return "float32"
+
     def tile_context(self):
         """Context margin (pixels) needed for exact tiling: None = global.
 
@@ -447,12 +498,12 @@ class SwinIR(keras.Model):
 
     # -- forward -----------------------------------------------------------
     def attention_mask(self, h, w):
-        """Shifted-window mask for a padded (h, w) map; shape (nW, N, N)."""
+        """Shifted-window mask (float32) for a padded (h, w) map; shape (nW, N, N)."""
         return shifted_window_attention_mask(h, w, self.window_size, self.shift_size,
-                                             dtype=self.compute_dtype)
+                                             dtype=tf.float32)
 
     def call(self, inputs, training=None):
-        x = tf.cast(inputs, self.compute_dtype)
+        x = tf.cast(inputs, tf.float32)
         xp, h, w = reflect_pad_to_multiple(x, self.window_size)
         pshape = tf.shape(xp)
         mask = self.attention_mask(pshape[1], pshape[2])
@@ -465,10 +516,10 @@ class SwinIR(keras.Model):
         y = self.conv_after_body(y) + shallow
 
         if self.upscale == 1:
-            out = xp + self.conv_last(y)
+            out = xp + tf.cast(self.conv_last(y), tf.float32)
         else:
             y = tf.nn.leaky_relu(self.conv_before_upsample(y), alpha=0.01)
             for c, r in zip(self.upsample_convs, self._factors):
                 y = tf.nn.depth_to_space(c(y), r)
-            out = self.conv_last(y)
+            out = tf.cast(self.conv_last(y), tf.float32)
         return out[:, : h * self.upscale, : w * self.upscale, :]
