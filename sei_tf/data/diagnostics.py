@@ -1,0 +1,98 @@
+"""Checks of measurements against SURE's assumptions: noise level and clipping.
+
+Noise levels are in 8-bit units (5 means a standard deviation of 5/255 in the
+[0, 1] units of `sei_tf.data.files`).
+"""
+
+import os
+
+import numpy as np
+
+from sei_tf.data.files import DataError, load_images
+
+_LAPLACE_DIFF = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
+NOISE_FLOOR = 3.0  # 8-bit units: below this, texture dominates the noise estimate
+
+
+def estimate_noise_sigma(image):
+    """Estimates the Gaussian noise std of an image, in 8-bit units.
+
+    Robust (median absolute deviation) version of Immerkaer's estimator: the image
+    is filtered with the 3x3 difference of Laplacians [[1,-2,1],[-2,4,-2],[1,-2,1]]
+    (which cancels constant, linear and most smooth content; for white noise of std
+    s the output has std 6 s); sigma = median(|r|) / 0.6745 / 6, per channel, median
+    over channels.
+
+    Bias (measured on 8 scikit-image photographs resized to a shorter side of 256):
+    image texture leaks into the residual, so the estimate is biased *upwards* and
+    rarely below the truth (at most ~1% below on pure noise).
+      * full-resolution / deblurring measurements: +0.2 to +1.4 at a true sigma of
+        5 (median +0.7), +0.1 to +1.1 at 10, under +0.7 at 25; 0.4 to 3.5 on
+        noise-free 8-bit photographs;
+      * x4 super-resolution measurements (64-pixel shorter side, all texture):
+        +0.3 to +3.8 at sigma 5 (median +1.7), +0.2 to +2.8 at 10; 0.3 to 6.5 when
+        noise-free. Trust it less on few, textured SR images.
+    Below about `NOISE_FLOOR` (3/255) it cannot tell noise from texture.
+    """
+    from scipy import ndimage
+
+    a = np.asarray(image, np.float64)
+    if a.ndim == 4 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[0] < 3 or a.shape[1] < 3:
+        raise DataError(f"Noise estimation needs at least 3x3 pixels, got {a.shape[:2]}.")
+    sigmas = []
+    for c in range(a.shape[-1]):
+        r = ndimage.correlate(a[:, :, c], _LAPLACE_DIFF, mode="reflect")[1:-1, 1:-1]
+        sigmas.append(np.median(np.abs(r)) / 0.6745 / 6.0)
+    return float(np.median(sigmas) * 255.0)
+
+
+def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5):
+    """Checks measurements against SURE's assumptions; returns warnings (strings).
+
+    Args:
+      images: list of arrays (H, W, C) or file paths, or a folder.
+      noise_sigma: the declared noise std in 8-bit units.
+      clip_fraction: warn when more than this fraction of an image's values are
+        exactly 0 or exactly 1 (clipping makes the noise non-Gaussian; SURE's
+        estimate is then biased).
+      tolerance: warn when the declared sigma and the median of the per-image
+        estimates (`estimate_noise_sigma`) differ by more than this factor either
+        way. Both are first raised to `NOISE_FLOOR`, because the estimator cannot
+        resolve lower noise from texture.
+
+    Returns:
+      A list of human-readable warnings; empty when nothing looks wrong.
+    """
+    if isinstance(images, (str, os.PathLike)) or (
+            isinstance(images, (list, tuple)) and images
+            and isinstance(images[0], (str, os.PathLike))):
+        images, names = load_images(images)
+    else:
+        if not isinstance(images, (list, tuple)):  # one array (H, W[, C]) or a batch (B, H, W, C)
+            images = np.asarray(images, np.float32)
+            images = list(images) if images.ndim == 4 else [images]
+        images = [np.asarray(a, np.float32) for a in images]
+        names = [f"image {i}" for i in range(len(images))]
+    warnings = []
+    for name, a in zip(names, images):
+        clipped = float(np.mean((a == 0.0) | (a == 1.0)))
+        if clipped > clip_fraction:
+            warnings.append(
+                f"{name}: {100 * clipped:.1f}% of the values are exactly 0 or 1: the measurements look "
+                "clipped (saturated or quantised to [0, 1]). SURE assumes unclipped Gaussian noise; "
+                "its loss will be biased. Save measurements as float TIFF without clipping if you can.")
+    if images:
+        estimate = float(np.median([estimate_noise_sigma(a) for a in images]))
+        declared = float(noise_sigma)
+        ratio = max(estimate, NOISE_FLOOR) / max(declared, NOISE_FLOOR)
+        if ratio > tolerance or ratio < 1.0 / tolerance:
+            warnings.append(
+                f"The declared noise sigma {declared:g}/255 disagrees with the estimate {estimate:.2f}/255 "
+                f"from the measurements (median over {len(images)} image(s); the estimator reads high "
+                "on textured images, by about 1/255 at sigma 5 and up to 4/255 on x4 SR measurements). "
+                "SURE needs the true noise level: check --noise_sigma.")
+    return warnings
