@@ -15,13 +15,20 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from sei_tf import cli
+from sei_tf.errors import SeiTfError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", "demo_run", "Folder for the data, the run and the restored images.")
-flags.DEFINE_integer("epochs", 6, "Training epochs (the demo's length: about 1 minute each on 2 cores).")
-flags.DEFINE_integer("steps_per_epoch", 50, "Optimiser steps per epoch.")
-flags.DEFINE_boolean("overwrite", False, "Start again in an --output folder that holds a finished demo.")
+
+
+def define_flags():
+    """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    flags.DEFINE_string("output", "demo_run", "Folder for the data, the run and the restored images.")
+    flags.DEFINE_integer("epochs", 6, "Training epochs (the demo's length: about 1 minute each on 2 cores).")
+    flags.DEFINE_integer("steps_per_epoch", 50, "Optimiser steps per epoch.")
+    flags.DEFINE_boolean("overwrite", False, "Start again in an --output folder that holds a finished demo.")
 
 
 def run(*args):
@@ -50,10 +57,9 @@ def main(argv):
         run("serving.restore", "--model", f"{run_dir}/restorer.onnx", f"{data}/measurements",
             "--output", os.path.join(out, "restored_onnx"), *overwrite)
     except subprocess.CalledProcessError as e:
-        print(f"error: step failed with exit code {e.returncode}: {' '.join(e.cmd[2:])}", file=sys.stderr)
-        sys.exit(1)
+        raise SeiTfError(f"step failed with exit code {e.returncode}: {' '.join(e.cmd[2:])}") from None
     print(f"\ndemo finished: see {out}/ (restored/, restored_onnx/, run/log.csv, run/evaluation.csv)")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(sys.modules[__name__])

@@ -157,17 +157,20 @@ def fit(model, dataset, epochs, steps_per_epoch, callbacks, strategy, validation
     import keras
     import tensorflow as tf
 
+    from sei_tf import callbacks as callbacks_lib
+
     if not model.optimizer.built:
         with strategy.scope():
             model.optimizer.build(model.trainable_variables)
     cbs = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=steps_per_epoch,
                                        verbose=0)
     model.stop_training = False
-    model._initial_epoch = None
     cbs.on_train_begin()  # BackupAndRestore restores the chief's backup here
 
-    # All workers take the chief's epoch, weights and optimizer state.
-    done = int(broadcast_from_first_replica(strategy, [tf.constant(model._initial_epoch or 0, tf.int64)])[0])
+    # All workers take the chief's epoch (read from its backup), weights and optimizer state.
+    backups = [cb for cb in callbacks if isinstance(cb, keras.callbacks.BackupAndRestore)]
+    chief_done = callbacks_lib.resumed_epoch(backups[0].backup_dir) if backups else 0
+    done = int(broadcast_from_first_replica(strategy, [tf.constant(chief_done, tf.int64)])[0])
     if done:
         state = list(model.trainable_variables) + list(model.non_trainable_variables) + list(
             model.optimizer.variables)

@@ -27,7 +27,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # fewer TF INFO logs (start-up lines remain)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from sei_tf import cli, loading  # noqa: E402
+from sei_tf.errors import SeiTfError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +39,7 @@ CSV_COLUMNS = ("scope", "method", "description", "image", "n", "psnr", "psnr_std
                "protocol")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SeiTfError, ValueError):
     """Input that cannot be evaluated; the message says which file and why."""
 
 
@@ -44,45 +47,8 @@ class EvaluationError(ValueError):
 # Model
 # --------------------------------------------------------------------------------------
 
-def model_path(path):
-    """The model file: `path` itself, or `path/model.keras` for a run folder."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        inner = os.path.join(path, "model.keras")
-        if not os.path.isfile(inner):
-            raise EvaluationError(f"{path} is a folder without model.keras; give the model file "
-                                  "written by sei_tf.train (RUN_DIR/model.keras).")
-        return inner
-    if not os.path.exists(path):
-        raise EvaluationError(f"Model not found: {path}")
-    if not path.endswith(".keras"):
-        raise EvaluationError(f"{path}: expected a .keras model file written by sei_tf.train "
-                              "(RUN_DIR/model.keras).")
-    return path
-
-
-def load_model(path):
-    """Loads an `SEIModel` saved by `sei_tf.train` (a file, or a run folder holding model.keras).
-
-    The optimizer is not restored (`compile=False`): the model is for inference.
-
-    Raises:
-      EvaluationError: missing, unreadable or not a sei-tf model.
-    """
-    import keras
-
-    from sei_tf import models, training  # noqa: F401  (registers the serialisable classes)
-
-    path = model_path(path)
-    try:
-        model = keras.saving.load_model(path, compile=False)
-    except Exception as e:  # zipfile, h5py, deserialisation... raise many types
-        raise EvaluationError(f"{path}: cannot load the model (corrupt, truncated or not written by "
-                              f"sei_tf.train?): {type(e).__name__}: {e}") from e
-    if not isinstance(model, training.SEIModel):
-        raise EvaluationError(f"{path}: not a sei-tf model (found a {type(model).__name__}); give the "
-                              "model.keras written by sei_tf.train.")
-    return model
+model_path = loading.model_path
+load_model = loading.load_model
 
 
 def model_channels(model):
@@ -90,7 +56,7 @@ def model_channels(model):
 
 
 def model_factor(model):
-    return int(getattr(model.physics, "factor", 1))
+    return int(model.physics.upscale)
 
 
 def describe_model(model):
@@ -100,9 +66,7 @@ def describe_model(model):
 
 def describe_baseline(model):
     """E.g. 'bicubic x2' or 'blurred input'."""
-    if model.physics.task == "sr":
-        return f"bicubic x{model_factor(model)}"
-    return "blurred input"
+    return model.physics.baseline_name
 
 
 def check_sidecar(model, measurements):
@@ -113,10 +77,8 @@ def check_sidecar(model, measurements):
       be applied, e.g. to test robustness, but was not trained for these data).
 
     Raises:
-      EvaluationError: the task or SR factor differs (the model cannot apply).
+      EvaluationError: another kind of operator or upscale (the model cannot apply).
     """
-    import numpy as np
-
     from sei_tf import data
 
     folder = measurements
@@ -128,22 +90,12 @@ def check_sidecar(model, measurements):
     if meta is None:
         return []
     op, where = model.physics, meta.get("_path", "the sidecar")
-    if meta.get("task") != op.task:
-        raise EvaluationError(f"The model was trained for {op.describe()} but {where} records task "
-                              f"{meta.get('task')!r}: it cannot restore these measurements.")
-    if op.task == "sr" and meta.get("factor") is not None and int(meta["factor"]) != model_factor(model):
-        raise EvaluationError(f"The model was trained for {op.describe()} but {where} records SR factor "
-                              f"{meta['factor']}: it cannot restore these measurements.")
-    warnings = []
-    if abs(float(meta.get("noise_sigma", op.noise_sigma)) - op.noise_sigma) > 1e-6:
-        warnings.append(f"The model was trained at noise {op.noise_sigma:g}/255 but {where} records "
-                        f"{float(meta['noise_sigma']):g}/255.")
-    if op.task == "deblur" and "kernel_array" in meta:
-        kernel = np.asarray(meta["kernel_array"], np.float32)
-        if kernel.shape != op.kernel.shape or not np.allclose(kernel, op.kernel, atol=1e-6):
-            warnings.append(f"The model was trained for {op.describe()} but {where} records the blur "
-                            f"kernel {meta.get('kernel')!r}.")
-    return warnings
+    recorded = data.physics_from_sidecar(meta)
+    if not op.is_compatible(recorded):
+        raise EvaluationError(f"The model was trained for {op.describe()} but {where} records "
+                              f"{recorded.describe()}: it cannot restore these measurements.")
+    return [f"The model was trained for {op.describe()} but {where} records {recorded.describe()}: "
+            f"{difference} differs." for difference in op.differences(recorded)]
 
 
 # --------------------------------------------------------------------------------------
@@ -172,7 +124,7 @@ def list_pairs(measurements, ground_truth):
     """(stem, measurement file, ground-truth file), paired by stem (see `data.pair_files`)."""
     from sei_tf import data
 
-    return data.pair_files(_split(measurements), _split(ground_truth))
+    return data.pair_files(measurements, ground_truth)  # both accept comma-separated paths
 
 
 def iter_pairs(measurements, ground_truth, model, pairs=None):
@@ -365,31 +317,23 @@ def run():
     rows = evaluate(model, iter_pairs(None, None, model, pairs=pairs), luma=luma,
                     progress=FLAGS.progress, total=len(pairs))
     write_csv(output_csv, csv_rows(rows, luma=luma, per_image=FLAGS.per_image))
-    return (f"model: {path} ({describe_model(model)}, {model.physics.describe()}, noise "
-            f"{model.physics.noise_sigma:g}/255)\n" + format_table(rows, luma, FLAGS.per_image)
+    return (f"model: {path} ({describe_model(model)}, {model.physics.describe()})\n"
+            + format_table(rows, luma, FLAGS.per_image)
             + f"\nwrote {output_csv}")
 
 
 def main(argv):
     if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])} (flags are written --name=value)",
-              file=sys.stderr)
-        return 1
+        raise SeiTfError(f"unexpected arguments {' '.join(argv[1:])} (flags are written --name=value)")
     import tensorflow as tf
 
     try:
         text = run()
-    except (ValueError, OSError) as e:  # EvaluationError, DataError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except tf.errors.ResourceExhaustedError as e:
-        print(f"error: out of memory while evaluating ({e.message.splitlines()[0]}); evaluate on smaller "
-              "images or free the accelerator.", file=sys.stderr)
-        return 1
+        raise EvaluationError(f"out of memory while evaluating ({e.message.splitlines()[0]}); evaluate on "
+                              "smaller images or free the accelerator.") from e
     print(text)
-    return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(sys.modules[__name__])

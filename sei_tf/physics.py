@@ -30,6 +30,7 @@ class Physics:
     """
 
     task = None  # short name stored in files for people and older readers
+    settings = ()  # constructor arguments that a command line sets (see `from_flags`)
 
     def __init__(self, noise_sigma=None, noise=None):
         if noise is not None and noise_sigma is not None:
@@ -74,7 +75,7 @@ class Physics:
         """The non-learned reconstruction the paper compares against."""
         raise NotImplementedError
 
-    baseline_name = "baseline"
+    baseline_name = "baseline"  # what `baseline` is, for tables
 
     # --- which sizes fit ------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class SuperResolution(Physics):
     """
 
     task = "sr"
-    baseline_name = "bicubic"
+    settings = ("factor",)  # what a command line sets (see `from_flags`)
 
     def __init__(self, factor=2, noise_sigma=None, noise=None):
         super().__init__(noise_sigma, noise)
@@ -170,6 +171,10 @@ class SuperResolution(Physics):
         s = tf.shape(x)
         size = tf.stack([s[1] // self.factor, s[2] // self.factor])
         return tf.image.resize(x, size, method="bicubic", antialias=True)
+
+    @property
+    def baseline_name(self):
+        return f"bicubic x{self.factor}"
 
     def baseline(self, y):
         s = tf.shape(y)
@@ -196,6 +201,7 @@ class Blur(Physics):
 
     task = "deblur"
     baseline_name = "blurred input"
+    settings = ("kernel",)
 
     def __init__(self, kernel="gaussian:2", noise_sigma=None, kernel_name=None, noise=None):
         super().__init__(noise_sigma, noise)
@@ -271,6 +277,37 @@ def make(task, factor=None, kernel=None, noise_sigma=None, noise=None):
     if task == "deblur":
         return Blur(kernel=kernel if kernel is not None else "gaussian:2", noise_sigma=noise_sigma, noise=noise)
     raise PhysicsError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+
+
+def from_flags(task=None, noise_sigma=None, like=None, **settings):
+    """The physics that command-line flags describe; what they leave unset comes from `like`.
+
+    `task` names the operator (see TASKS); `settings` are its flags (`factor`,
+    `kernel`), None when not given; `noise_sigma` is the Gaussian noise level in
+    8-bit units. With `like` (say, the physics recorded in a sidecar), the task,
+    the operator settings (when none is given) and the noise default to its own.
+    Compare the result with `like.differences(...)` to find contradictions.
+    """
+    if task is None and like is None:
+        raise PhysicsError(f"Give the task (one of {', '.join(TASKS)}).")
+    if task is not None and task not in TASKS:
+        raise PhysicsError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+    cls = TASKS[task] if task is not None else type(like)
+    given = {k: v for k, v in settings.items() if v is not None}
+    wrong = sorted(set(given) - set(cls.settings))
+    if wrong:
+        raise PhysicsError(f"--{wrong[0]} does not apply to task {cls.task!r} (it takes "
+                           f"{', '.join('--' + k for k in cls.settings)}).")
+    kwargs = dict(given)
+    if not given and type(like) is cls:
+        kwargs = {k: v for k, v in like.get_config().items() if k != "noise"}
+    if noise_sigma is not None:
+        kwargs["noise"] = noise_lib.Gaussian(noise_sigma)
+    elif like is not None:
+        kwargs["noise"] = like.noise
+    else:
+        raise PhysicsError("Give the noise level (--noise_sigma, 8-bit units): SURE needs it.")
+    return cls(**kwargs)
 
 
 def serialize(physics):

@@ -27,14 +27,17 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # fewer TF INFO logs (start-up lines remain)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
+
+from sei_tf import cli, loading  # noqa: E402
+from sei_tf.errors import SeiTfError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 FORMATS = {"tif": (".tif", None), "png": (".png", 8), "png16": (".png", 16), "npy": (".npy", None)}
 
 
-class RestoreError(ValueError):
+class RestoreError(SeiTfError, ValueError):
     """Inputs or outputs that cannot be used; the message says which and why."""
 
 
@@ -189,8 +192,8 @@ def run(inputs):
     files = list_inputs(inputs)
     plan = plan_outputs(files, FLAGS.output, FLAGS.format)
     check_existing(plan, FLAGS.overwrite)
-    path = evaluate.model_path(FLAGS.model)
-    model = evaluate.load_model(path)
+    path = loading.model_path(FLAGS.model)
+    model = loading.load_model(path)
     folders = list(dict.fromkeys(os.path.dirname(f) or "." for f in files))
     for folder in folders:
         for warning in evaluate.check_sidecar(model, folder):
@@ -206,17 +209,11 @@ def main(argv):
 
     try:
         line = run(argv[1:])
-    except (ValueError, OSError) as e:  # RestoreError, EvaluationError, DataError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except tf.errors.ResourceExhaustedError as e:
-        print(f"error: out of memory while restoring ({e.message.splitlines()[0]}); restore smaller "
-              "images, or use the tiled ONNX restorer (python -m serving.restore).", file=sys.stderr)
-        return 1
+        raise RestoreError(f"out of memory while restoring ({e.message.splitlines()[0]}); restore smaller "
+                           "images, or use the tiled ONNX restorer (sei-tf serve-restore).") from e
     print(line)
-    return 0
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(sys.modules[__name__])

@@ -17,46 +17,52 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # fewer TF INFO logs (start-up lines remain)
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
+
+from sei_tf import cli  # noqa: E402
+from sei_tf.errors import SeiTfError  # noqa: E402
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string(
-    "ground_truth", None,
-    "Folder of ground-truth images (.png .jpg .tif .dcm .npy), or 'samples' for "
-    "scikit-image's bundled photographs.")
-flags.DEFINE_string(
-    "output", None,
-    "Output folder; receives measurements/ (float32 TIFF + sei_tf.json) and ground_truth/ "
-    "(16-bit PNG). Must be new or empty unless --overwrite.")
-flags.DEFINE_enum("task", "sr", ["sr", "deblur"],
-                  "Forward model: 'sr' (anti-aliased bicubic downsampling by --factor) or "
-                  "'deblur' (circular convolution with --kernel).")
-flags.DEFINE_integer("factor", None, "Super-resolution factor (2, 3 or 4; default 2). Only with --task sr.")
-flags.DEFINE_string(
-    "kernel", None,
-    "Blur kernel for --task deblur: 'gaussian:SIGMA' (pixels), 'box:RADIUS' (pixels) or a "
-    "path to a PSF (.npy/.png/.tif). Default gaussian:2.")
-flags.DEFINE_float("noise_sigma", 5.0,
-                   "Gaussian noise standard deviation in 8-bit units (5 means 5/255).")
-flags.DEFINE_integer(
-    "shorter_side", 256,
-    "Resize each ground truth so its shorter side has this many pixels (bicubic, "
-    "anti-aliased); 0 keeps the original size.")
-flags.DEFINE_integer("seed", 0, "Noise seed; image NAME gets the stateless seed (seed, crc32(NAME)).")
-flags.DEFINE_integer(
-    "channels", None,
-    "1 (greyscale, BT.601 luma) or 3 (RGB) to convert the ground truth; default keeps "
-    "the files' channels.")
-flags.DEFINE_string("dicom_window", None,
-                    "LOW,HIGH in modality units (e.g. -1024,3071 HU) mapped to [0, 1] for DICOM "
-                    "input; default: the full range of the stored bits.")
-flags.DEFINE_boolean("overwrite", False,
-                     "Replace measurements/ and ground_truth/ in a non-empty --output folder.")
-flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+def define_flags():
+    """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    flags.DEFINE_string(
+        "ground_truth", None,
+        "Folder of ground-truth images (.png .jpg .tif .dcm .npy), or 'samples' for "
+        "scikit-image's bundled photographs.")
+    flags.DEFINE_string(
+        "output", None,
+        "Output folder; receives measurements/ (float32 TIFF + sei_tf.json) and ground_truth/ "
+        "(16-bit PNG). Must be new or empty unless --overwrite.")
+    flags.DEFINE_string("task", "sr",
+                        "Forward model: 'sr' (anti-aliased bicubic downsampling by --factor) or "
+                        "'deblur' (circular convolution with --kernel).")
+    flags.DEFINE_integer("factor", None, "Super-resolution factor (2, 3 or 4; default 2). Only with --task sr.")
+    flags.DEFINE_string(
+        "kernel", None,
+        "Blur kernel for --task deblur: 'gaussian:SIGMA' (pixels), 'box:RADIUS' (pixels) or a "
+        "path to a PSF (.npy/.png/.tif). Default gaussian:2.")
+    flags.DEFINE_float("noise_sigma", 5.0,
+                       "Gaussian noise standard deviation in 8-bit units (5 means 5/255).")
+    flags.DEFINE_integer(
+        "shorter_side", 256,
+        "Resize each ground truth so its shorter side has this many pixels (bicubic, "
+        "anti-aliased); 0 keeps the original size.")
+    flags.DEFINE_integer("seed", 0, "Noise seed; image NAME gets the stateless seed (seed, crc32(NAME)).")
+    flags.DEFINE_integer(
+        "channels", None,
+        "1 (greyscale, BT.601 luma) or 3 (RGB) to convert the ground truth; default keeps "
+        "the files' channels.")
+    flags.DEFINE_string("dicom_window", None,
+                        "LOW,HIGH in modality units (e.g. -1024,3071 HU) mapped to [0, 1] for DICOM "
+                        "input; default: the full range of the stored bits.")
+    flags.DEFINE_boolean("overwrite", False,
+                         "Replace measurements/ and ground_truth/ in a non-empty --output folder.")
+    flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 
-class UsageError(ValueError):
+class UsageError(SeiTfError, ValueError):
     """A bad combination of flags."""
 
 
@@ -73,16 +79,7 @@ def _parse_window(text):
 def _build_physics():
     from sei_tf import physics
 
-    if FLAGS.task == "sr":
-        if FLAGS.kernel is not None:
-            raise UsageError("--kernel only applies to --task deblur.")
-        factor = 2 if FLAGS.factor is None else FLAGS.factor
-        if factor < 1:
-            raise UsageError(f"--factor must be a positive integer, got {factor}.")
-        return physics.make("sr", factor=factor, noise_sigma=FLAGS.noise_sigma)
-    if FLAGS.factor is not None:
-        raise UsageError("--factor only applies to --task sr.")
-    return physics.make("deblur", kernel=FLAGS.kernel or "gaussian:2", noise_sigma=FLAGS.noise_sigma)
+    return physics.from_flags(FLAGS.task, FLAGS.noise_sigma, factor=FLAGS.factor, kernel=FLAGS.kernel)
 
 
 def run():
@@ -108,27 +105,16 @@ def run():
                              seed=FLAGS.seed, overwrite=FLAGS.overwrite, progress=FLAGS.progress,
                              channels=FLAGS.channels, dicom_window=window)
     out = os.path.abspath(FLAGS.output)
-    return (f"wrote {len(meta['files'])} measurement(s) ({op.describe()}, noise {op.noise_sigma:g}/255, "
+    return (f"wrote {len(meta['files'])} measurement(s) ({op.describe()}, "
             f"seed {meta['seed']}) to {os.path.join(out, data.MEASUREMENTS_DIR)} and the ground truth to "
             f"{os.path.join(out, data.GROUND_TRUTH_DIR)}")
 
 
 def main(argv):
     if len(argv) > 1:
-        print(f"error: unexpected arguments {' '.join(argv[1:])} (flags are written --name=value)",
-              file=sys.stderr)
-        return 1
-    try:
-        line = run()
-    except ValueError as e:  # DataError, KernelError and UsageError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(line)
-    return 0
+        raise UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are written --name=value)")
+    print(run())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(sys.modules[__name__])

@@ -16,31 +16,38 @@ import os
 import shutil
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from sei_tf import cli
+from sei_tf.errors import SeiTfError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags():
     """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    from sei_tf import objectives, precision
+
     flags.DEFINE_string("measurements", None, "Folder (or comma-separated files) of measurements.")
     flags.DEFINE_string("ground_truth", None, "Ground-truth folder: needed by --method supervised; "
                         "otherwise used only to report validation PSNR/SSIM after each epoch.")
     flags.DEFINE_string("output", None, "Run folder for the model, logs and checkpoints.")
-    flags.DEFINE_enum("method", "sei", ["sei", "sure", "ei_shift", "ei_rotate", "css", "supervised"],
-                      "Training objective (see sei_tf.training).")
+    flags.DEFINE_enum("method", "sei", list(objectives.PRESETS), "Training objective (see sei_tf.objectives).")
     flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
     flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
     flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
+    flags.DEFINE_enum("precision", "float32", list(precision.CHOICES),
+                      "Type the backbone computes in (physics and losses stay float32). auto: bfloat16 on a "
+                      "GPU of compute capability >= 8.0 or a CPU with AMX-BF16, else float32.")
     flags.DEFINE_string("backbone_args", "{}", 'JSON size overrides, e.g. \'{"features": 64, "num_blocks": 8}\'.')
-    flags.DEFINE_enum("task", None, ["sr", "deblur"], "Task, when the measurements have no sidecar.")
+    flags.DEFINE_string("task", None, "Task (sr or deblur), when the measurements have no sidecar.")
     flags.DEFINE_integer("factor", None, "SR factor, when the measurements have no sidecar.")
     flags.DEFINE_string("kernel", None, "Blur kernel (gaussian:S, box:R or a PSF file), when no sidecar.")
     flags.DEFINE_float("noise_sigma", None, "Noise std in 8-bit units (5 = 5/255); must match the sidecar.")
     flags.DEFINE_integer("channels", None, "1 or 3; default: the sidecar's, else 3.")
     flags.DEFINE_integer("epochs", 10, "Number of epochs.")
     flags.DEFINE_integer("steps_per_epoch", 100, "Optimiser steps per epoch.")
-    flags.DEFINE_integer("batch_size", 8, "Global batch size (split across replicas).")
+    flags.DEFINE_integer("batch_size", 8, "Global batch size (split across replicas: a multiple of their number).")
     flags.DEFINE_integer("patch_size", 48, "Training patch side in measurement pixels.")
     flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate.")
     flags.DEFINE_enum("schedule", "delayed_linear", ["constant", "delayed_linear"],
@@ -54,7 +61,7 @@ def define_flags():
     flags.mark_flags_as_required(["measurements", "output"])
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SeiTfError):
     """Training cannot go on; the message says why."""
 
 
@@ -63,7 +70,7 @@ def make_strategy(name):
     import tensorflow as tf
 
     if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
+        gpus = tf.config.list_physical_devices("GPU")  # (listing logical devices would fix them)
         if gpus:
             return tf.distribute.MirroredStrategy()
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -76,23 +83,36 @@ def make_strategy(name):
     return None
 
 
-def resolve_physics(measurement_dir):
-    """The operator from the sidecar and/or flags; contradictions are errors."""
+def check_global_batch(batch_size, replicas):
+    """The random draws of a step are made per example of the global batch: it must split evenly."""
+    if batch_size % replicas:
+        raise TrainingError(f"--batch_size {batch_size} is not a multiple of the {replicas} replicas: "
+                            "every replica must get the same number of examples. Use a multiple of "
+                            f"{replicas}.")
+
+
+def resolve_physics(measurements):
+    """The physics from the sidecar and/or the flags; flags that contradict the sidecar are errors.
+
+    Returns (physics, sidecar dict or {}).
+    """
     from sei_tf import data, physics
 
-    meta = data.read_sidecar(measurement_dir) if os.path.isdir(measurement_dir) else None
-    if meta is not None:
-        for flag, key in (("task", "task"), ("factor", "factor")):
-            given = getattr(FLAGS, flag)
-            if given is not None and meta.get(key) is not None and given != meta[key]:
-                raise TrainingError(f"--{flag}={given} contradicts the sidecar ({key}={meta[key]}).")
-        return data.physics_from_sidecar(meta, FLAGS.noise_sigma), meta
-    if FLAGS.task is None:
+    meta = data.read_sidecar(measurements) if os.path.isdir(measurements) else None
+    recorded = data.physics_from_sidecar(meta) if meta is not None else None
+    if recorded is None and FLAGS.task is None:
         raise TrainingError("The measurements have no sei_tf.json sidecar: give --task "
                             "(and --factor or --kernel) and --noise_sigma.")
-    if FLAGS.noise_sigma is None:
-        raise TrainingError("Give --noise_sigma (8-bit units): SURE needs the noise level.")
-    return physics.make(FLAGS.task, FLAGS.factor, FLAGS.kernel, FLAGS.noise_sigma), {}
+    op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, factor=FLAGS.factor, kernel=FLAGS.kernel)
+    if recorded is not None:
+        differences = recorded.differences(op)
+        if differences:
+            given = " ".join(f"--{name}={getattr(FLAGS, name)}" for name in ("task", "factor", "kernel", "noise_sigma")
+                             if getattr(FLAGS, name) is not None)
+            raise TrainingError(f"{given} contradicts {meta.get('_path', 'the sidecar')}, which records "
+                                f"{recorded.describe()}: {'; '.join(differences)}. Drop the flag(s) to use the "
+                                "recorded physics.")
+    return op, meta or {}
 
 
 # What a run writes into --output (and sei_tf.evaluate's default report): --overwrite removes these.
@@ -124,108 +144,44 @@ def check_output(run_dir, overwrite, create=True):
     return resuming
 
 
-def resumed_epoch(backup_dir):
-    """Epochs already finished according to BackupAndRestore's metadata (0 if none)."""
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        # Keras writes the number of finished epochs (the next epoch's index).
-        return int(json.load(f).get("epoch", 0))
-
-
-def build_callbacks(run_dir, save_every_epoch=True):
-    import keras
-    import numpy as np
-
-    class StopOnNaN(keras.callbacks.Callback):
-        """Stops at the first non-finite loss; the last good model.keras stays."""
-
-        def __init__(self):
-            super().__init__()
-            self.bad_step = None
-
-        def healthy(self):
-            """No NaN loss so far and every weight finite: safe to save."""
-            return self.bad_step is None and all(np.all(np.isfinite(w)) for w in self.model.get_weights())
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(float(loss)):
-                self.bad_step = int(self.model.optimizer.iterations)
-                self.model.stop_training = True
-
-    class SaveLastGood(keras.callbacks.Callback):
-        """Writes model.keras after each epoch whose weights are all finite (atomic rename)."""
-
-        def __init__(self, path, nan_watch):
-            super().__init__()
-            self.path, self.nan_watch = path, nan_watch
-
-        def on_epoch_end(self, epoch, logs=None):
-            if not self.nan_watch.healthy():
-                return
-            tmp = self.path + ".tmp.keras"
-            self.model.save(tmp)
-            os.replace(tmp, self.path)
-
-    class BackupLastGood(keras.callbacks.BackupAndRestore):
-        """BackupAndRestore that skips epochs ending in NaN: a rerun resumes from the last good one."""
-
-        def __init__(self, path, nan_watch):
-            super().__init__(path, delete_checkpoint=False, double_checkpoint=True)
-            self.nan_watch = nan_watch
-
-        def on_epoch_end(self, epoch, logs=None):
-            if self.nan_watch.healthy():
-                super().on_epoch_end(epoch, logs)
-
-    nan_watch = StopOnNaN()
-    callbacks = [
-        nan_watch,
-        BackupLastGood(os.path.join(run_dir, "backup"), nan_watch),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
-    ]
-    if save_every_epoch:
-        callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), nan_watch))
-    return callbacks, nan_watch
-
-
 def train():
     """Runs training from FLAGS; returns the run folder."""
     import keras
     import tensorflow as tf
 
-    from sei_tf import data, models, training
+    from sei_tf import callbacks as callbacks_lib
+    from sei_tf import data, models, objectives, precision, training
 
     run_dir = FLAGS.output
-    strategy = None
+    # Before any TF op: logical CPU devices and collective ops are configured at start-up.
+    strategy = make_strategy(FLAGS.strategy)
+    check_global_batch(FLAGS.batch_size, strategy.num_replicas_in_sync if strategy else 1)
     if FLAGS.strategy == "multi_worker":
         from sei_tf import distributed
 
-        # Before any TF op: collective ops are configured at startup. Only the
-        # chief writes into --output; other workers write into a temporary folder.
-        strategy = make_strategy(FLAGS.strategy)
+        # Only the chief writes into --output; other workers write into a temporary folder.
         run_dir = distributed.write_dir(FLAGS.output)
     check_output(run_dir, FLAGS.overwrite, create=False)  # refuse a finished run before loading anything
-    files = data.list_images(FLAGS.measurements.split(",") if "," in FLAGS.measurements else FLAGS.measurements)
+    files = data.list_images(FLAGS.measurements)  # a folder, a file, or comma-separated paths
     op, meta = resolve_physics(FLAGS.measurements)
     channels = FLAGS.channels or meta.get("channels") or 3
     images, names = data.load_images(files, channels=channels)
     for warning in data.diagnose(images, op.noise_sigma):
         logging.warning("%s", warning)
-    if FLAGS.method == "supervised" and not FLAGS.ground_truth:
-        raise TrainingError("--method supervised needs --ground_truth.")
+    objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,
+                                  upscale=op.upscale)
+    supervised = objectives.needs_ground_truth(objective)
+    if supervised and not FLAGS.ground_truth:
+        raise TrainingError(f"--method {FLAGS.method} needs --ground_truth.")
+    op.check_measurement_size(FLAGS.patch_size, FLAGS.patch_size,
+                              source=f"a training patch (--patch_size {FLAGS.patch_size})")
     for name, image in zip(names, images):
         if min(image.shape[:2]) < FLAGS.patch_size:
             raise TrainingError(f"{name}: the measurement is {image.shape[0]}x{image.shape[1]} pixels, smaller "
                                 f"than --patch_size {FLAGS.patch_size}. Lower --patch_size or remove the image.")
 
-    if strategy is None:
-        strategy = make_strategy(FLAGS.strategy)
-    factor = getattr(op, "factor", 1)
-    if FLAGS.method == "supervised":
+    factor = op.upscale
+    if supervised:
         dataset = data.paired_patch_dataset(files, FLAGS.ground_truth, FLAGS.patch_size, FLAGS.batch_size,
                                             channels, factor=factor, seed=FLAGS.seed)
     else:
@@ -240,7 +196,7 @@ def train():
 
     # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
     # (Multi-worker runs skip them in distributed.fit, after the chief's epoch is broadcast.)
-    done = 0 if FLAGS.strategy == "multi_worker" else resumed_epoch(os.path.join(run_dir, "backup"))
+    done = 0 if FLAGS.strategy == "multi_worker" else callbacks_lib.resumed_epoch(os.path.join(run_dir, "backup"))
     if done:
         logging.info("Resuming after epoch %d from %s/backup", done, run_dir)
         dataset = dataset.skip(done * FLAGS.steps_per_epoch)
@@ -248,19 +204,21 @@ def train():
     total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
     lr = (training.DelayedLinearDecay(FLAGS.learning_rate, total_steps) if FLAGS.schedule == "delayed_linear"
           else FLAGS.learning_rate)
+    compute_type, why = precision.resolve(FLAGS.precision)
+    logging.info("Precision: %s", why)
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        backbone = models.build(FLAGS.backbone, upscale=factor, channels=channels,
+        backbone = models.build(FLAGS.backbone, upscale=factor, channels=channels, precision=compute_type,
                                 **json.loads(FLAGS.backbone_args))
-        model = training.SEIModel(backbone, op, method=FLAGS.method, alpha=FLAGS.alpha,
-                                  stop_gradient=FLAGS.stop_gradient, seed=FLAGS.seed)
+        model = training.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
+                                  stop_gradient=FLAGS.stop_gradient)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
-    callbacks, nan_watch = build_callbacks(run_dir)
+    callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
         json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)
-    logging.info("Training %s with %s on %d images (%s, noise %.3g/255), %d steps",
-                 FLAGS.backbone, FLAGS.method, len(images), op.describe(), op.noise_sigma, total_steps)
+    logging.info("Training %s with %s (%s) on %d images (%s), %d steps", FLAGS.backbone, FLAGS.method,
+                 objectives.describe(model.objective), len(images), op.describe(), total_steps)
     if FLAGS.strategy == "multi_worker":
         try:
             distributed.fit(model, dataset, FLAGS.epochs, FLAGS.steps_per_epoch, callbacks, strategy,
@@ -285,13 +243,8 @@ def train():
 
 def main(argv):
     del argv
-    try:
-        train()
-    except (TrainingError, ValueError, OSError) as e:  # DataError and KernelError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    train()
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(sys.modules[__name__])

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from sei_tf import metrics, objectives, physics as physics_lib, rng
-from sei_tf import models  # noqa: F401  (registers the backbones that saved models name)
+from sei_tf import models  # also registers the backbones that saved models name
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -38,8 +38,8 @@ class DelayedLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "hold": self.hold, "final_ratio": self.final_ratio}
 
 
-# Keys of version 0.1 configs, where the objective was a method name plus options.
-_LEGACY_OBJECTIVE_KEYS = ("alpha", "stop_gradient", "scale_factors", "scale_kind", "tau")
+# Options of a preset objective (see `objectives.preset`); version 0.1 saved them in the model config.
+PRESET_OPTIONS = ("alpha", "stop_gradient", "scale_factors", "scale_kind", "tau")
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -47,13 +47,14 @@ class SEIModel(keras.Model):
     """Wraps a backbone restorer with the physics and the training objective.
 
     Calling the model runs the backbone only: `model(y)` is the restored image.
-    `objective`: a preset name or a list of `sei_tf.losses` terms (`method` is an
-    older name for the same argument). `seed` seeds every random draw of a step,
-    together with the step number.
+    `objective`: a preset name (with the preset's options, PRESET_OPTIONS, as keyword
+    arguments) or a list of `sei_tf.losses` terms; `method` is an older name for
+    the same argument. `seed` seeds every random draw of a step, together with the
+    step number.
     """
 
     def __init__(self, backbone, physics, objective="sei", seed=0, method=None, **kwargs):
-        legacy = {k: kwargs.pop(k) for k in _LEGACY_OBJECTIVE_KEYS if k in kwargs}
+        options = {k: kwargs.pop(k) for k in PRESET_OPTIONS if k in kwargs}
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
@@ -62,7 +63,7 @@ class SEIModel(keras.Model):
         objective = method or objective
         if isinstance(objective, str):
             self.method = objective
-            objective = objectives.preset(objective, upscale=self.physics.upscale, **legacy)
+            objective = objectives.preset(objective, upscale=self.physics.upscale, **options)
         else:
             self.method = "custom"
             if objective and isinstance(objective[0], dict):
@@ -88,7 +89,19 @@ class SEIModel(keras.Model):
     def call(self, y, training=False):
         return self.backbone(y, training=training)
 
+    @property
+    def precision(self):
+        """The type the backbone computes in: "float32", "bfloat16" or "float16" (see sei_tf.precision)."""
+        return models.precision_of(self.backbone)
+
     def compile(self, optimizer="adam", jit_compile=False, **kwargs):
+        """Keras `compile`; a float16 backbone gets its optimizer wrapped in a `LossScaleOptimizer`.
+
+        float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+        """
+        optimizer = keras.optimizers.get(optimizer)
+        if self.precision == "float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # XLA cannot compile bicubic resizes, which the physics uses.
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
@@ -119,7 +132,9 @@ class SEIModel(keras.Model):
             per_example = objectives.total(self.objective, terms)
             # Divides by the global batch, so replica gradients sum to the mean.
             loss = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(loss, self.backbone.trainable_variables)
+            # Multiplied by the loss scale under float16 (apply() unscales); unchanged otherwise.
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, self.backbone.trainable_variables)
         self.optimizer.apply(grads, self.backbone.trainable_variables)
         return self._update(terms, per_example)
 
@@ -163,4 +178,4 @@ class SEIModel(keras.Model):
             model = cls(objective=objective, **config)
             model.method = method
             return model
-        return cls(**config)  # version 0.1: `method` plus the options in _LEGACY_OBJECTIVE_KEYS
+        return cls(**config)  # version 0.1: `method` plus the options in PRESET_OPTIONS

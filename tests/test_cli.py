@@ -248,8 +248,41 @@ def test_train_rejects_image_smaller_than_patch(work):
 def test_train_rejects_noise_contradicting_sidecar(work, dataset):
     result = cli("sei_tf.train", "--measurements", dataset / "measurements", "--noise_sigma", 10,
                  "--output", work / "run_noise", *TINY)
-    error_line(result, "noise_sigma=10", "contradicts", "sei_tf.json", "noise_sigma=5")
+    error_line(result, "noise_sigma=10", "contradicts", "sei_tf.json", "sigma 5/255")
     assert not os.path.exists(work / "run_noise")
+
+
+def test_train_refuses_settings_that_cannot_work(work, dataset):
+    """Each of these failed late (NaN SURE, wrong per-example draws) or was silently ignored in 0.1."""
+    psf = work / "psf49.npy"
+    np.save(psf, np.ones((49, 49), np.float32))
+    folder = dataset / "measurements"
+    big_psf, odd_batch, kernel_flag, sei_cmd = cli_parallel(
+        # a 49x49 PSF leaves no SURE interior in a 48-pixel patch (SURE was NaN at step 1)
+        ("sei_tf.train", "--measurements", folder / "astronaut.tif", "--task", "deblur", "--kernel", psf,
+         "--noise_sigma", 5, "--patch_size", 48, "--output", work / "run_psf"),
+        # two replicas need an even global batch
+        ("sei_tf.train", "--measurements", folder, "--strategy", "mirrored", "--batch_size", 3,
+         "--output", work / "run_batch"),
+        # a kernel flag that contradicts the sidecar (SR x2) is an error, not ignored
+        ("sei_tf.train", "--measurements", folder, "--kernel", "box:2", "--output", work / "run_kernel"),
+        # the console command runs the same tool
+        ("sei_tf.cli", "train", "--measurements", folder, "--task", "deblur", "--output", work / "run_cmd"))
+    error_line(big_psf, "--patch_size 48", "48x48", "49x49 blur kernel")
+    error_line(odd_batch, "--batch_size 3", "2 replicas")
+    error_line(kernel_flag, "--kernel=box:2", "sei_tf.json", "sr x2")
+    error_line(sei_cmd, "--task=deblur", "contradicts", "sr x2")
+    for run in ("run_psf", "run_batch", "run_kernel", "run_cmd"):
+        assert not os.path.exists(work / run)
+
+
+def test_simulate_output_folder_is_accepted_as_measurements(work, dataset):
+    """--measurements may name the folder simulate wrote (holding measurements/ and ground_truth/)."""
+    result = cli("sei_tf.train", "--measurements", dataset, "--output", work / "run_parent",
+                 "--epochs", 1, "--steps_per_epoch", 1, *TINY)
+    succeeded(result)
+    with open(work / "run_parent" / "config.json") as f:
+        assert "sr x2" in json.load(f)["physics"]
 
 
 def test_existing_results_are_not_overwritten(work, dataset, trained, restored):

@@ -20,7 +20,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import photo
-from sei_tf import distributed, models, physics, train, training
+from sei_tf import callbacks as callbacks_lib
+from sei_tf import distributed, models, physics, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN = {"features": 8, "num_blocks": 1}
@@ -170,18 +171,18 @@ def test_custom_loop_resume_matches_uninterrupted(tmp_path):
     strategy = tf.distribute.get_strategy()
     epochs, steps = 3, 2
     reference = _model()
-    callbacks, _ = train.build_callbacks(str(tmp_path / "reference"))
+    callbacks, _ = callbacks_lib.build_callbacks(str(tmp_path / "reference"))
     distributed.fit(reference, _batches(epochs * steps), epochs, steps, callbacks, strategy, verbose=False)
 
     run = tmp_path / "resumed"
     first = _model()
-    callbacks, _ = train.build_callbacks(str(run))
+    callbacks, _ = callbacks_lib.build_callbacks(str(run))
     with pytest.raises(KeyboardInterrupt):
         distributed.fit(first, _batches(epochs * steps), epochs, steps, callbacks + [_Interrupt(3)],
                         strategy, verbose=False)
-    assert train.resumed_epoch(str(run / "backup")) == 1
+    assert callbacks_lib.resumed_epoch(str(run / "backup")) == 1
     second = _model()
-    callbacks, _ = train.build_callbacks(str(run))
+    callbacks, _ = callbacks_lib.build_callbacks(str(run))
     distributed.fit(second, _batches(epochs * steps), epochs, steps, callbacks, strategy, verbose=False)
     assert int(second.optimizer.iterations) == epochs * steps
     for a, b in zip(reference.backbone.weights + reference.optimizer.variables,
@@ -195,7 +196,7 @@ def test_custom_loop_resume_matches_uninterrupted(tmp_path):
 def test_nan_batch_stops_training_and_keeps_last_good_model(tmp_path, loop):
     epochs, steps, nan_at = 3, 2, 3  # the NaN batch is the 2nd step of epoch 1
     model = _model()
-    callbacks, nan_watch = train.build_callbacks(str(tmp_path))
+    callbacks, nan_watch = callbacks_lib.build_callbacks(str(tmp_path))
     good = {}
 
     class Snapshot(keras.callbacks.Callback):
@@ -218,7 +219,7 @@ def test_nan_batch_stops_training_and_keeps_last_good_model(tmp_path, loop):
     rows = _log_rows(tmp_path / "log.csv")
     assert float(rows[0]["loss"]) > 0 and not np.isfinite(float(rows[-1]["loss"]))
     # The backup (what a rerun resumes from) still holds the last good epoch, not NaN weights.
-    assert train.resumed_epoch(str(tmp_path / "backup")) == 1
+    assert callbacks_lib.resumed_epoch(str(tmp_path / "backup")) == 1
     restored = _model()
     restored.optimizer.build(restored.trainable_variables)
     restored.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))

@@ -159,3 +159,18 @@ def test_size_checks():
         big.check_measurement_size(48, 48, source="a training patch")
     big.check_measurement_size(49, 49)
     physics.SuperResolution(2).check_measurement_size(1, 1)
+
+
+def test_from_flags_fills_in_from_a_recorded_physics():
+    recorded = physics.Blur("gaussian:2", noise_sigma=5)
+    assert recorded.differences(physics.from_flags(like=recorded)) == []
+    assert recorded.differences(physics.from_flags(noise_sigma=5, like=recorded)) == []
+    # A kernel flag that differs from the recorded one is a difference (it was ignored in 0.1).
+    assert "blur kernel" in recorded.differences(physics.from_flags(kernel="box:3", like=recorded))[0]
+    assert "sr x2" in recorded.differences(physics.from_flags(task="sr", like=recorded))[0]
+    sr = physics.from_flags(task="sr", factor=3, noise_sigma=2)
+    assert sr.factor == 3 and sr.noise == noise.Gaussian(2)
+    with pytest.raises(PhysicsError, match="--kernel does not apply to task 'sr'"):
+        physics.from_flags(task="sr", kernel="box:1", noise_sigma=1)
+    with pytest.raises(PhysicsError, match="noise level"):
+        physics.from_flags(task="deblur")

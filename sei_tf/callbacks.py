@@ -1,0 +1,82 @@
+"""Keras callbacks of a training run: NaN stop, last good model, crash backup, logs.
+
+A run folder holds `model.keras` (the last model whose weights were all finite,
+written after every epoch by an atomic rename), `backup/` (Keras
+`BackupAndRestore`: weights, optimizer state and epoch count, so a rerun resumes
+after the last finished epoch), `log.csv` and `tensorboard/`.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops at the first non-finite loss; the last good model.keras stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_step = None
+
+    def healthy(self):
+        """No NaN loss so far and every weight finite: safe to save."""
+        return self.bad_step is None and all(np.all(np.isfinite(w)) for w in self.model.get_weights())
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.bad_step = int(self.model.optimizer.iterations)
+            self.model.stop_training = True
+
+
+class SaveLastGood(keras.callbacks.Callback):
+    """Writes model.keras after each epoch whose weights are all finite (atomic rename)."""
+
+    def __init__(self, path, nan_watch):
+        super().__init__()
+        self.path, self.nan_watch = path, nan_watch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.nan_watch.healthy():
+            return
+        tmp = self.path + ".tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.path)
+
+
+class BackupLastGood(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that skips epochs ending in NaN: a rerun resumes from the last good one."""
+
+    def __init__(self, path, nan_watch):
+        super().__init__(path, delete_checkpoint=False, double_checkpoint=True)
+        self.nan_watch = nan_watch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_watch.healthy():
+            super().on_epoch_end(epoch, logs)
+
+
+def resumed_epoch(backup_dir):
+    """Epochs already finished according to BackupAndRestore's metadata (0 if none)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        # Keras writes the number of finished epochs (the next epoch's index).
+        return int(json.load(f).get("epoch", 0))
+
+
+def build_callbacks(run_dir, save_every_epoch=True):
+    """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnNaN watch)."""
+    nan_watch = StopOnNaN()
+    callbacks = [
+        nan_watch,
+        BackupLastGood(os.path.join(run_dir, "backup"), nan_watch),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
+    ]
+    if save_every_epoch:
+        callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), nan_watch))
+    return callbacks, nan_watch
