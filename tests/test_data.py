@@ -56,6 +56,26 @@ def test_list_images_missing_and_unsupported(tmp_path):
         data.list_images([tmp_path / "x.bmp"])
 
 
+def test_list_images_comma_separated_string(tmp_path):
+    for name in ["a.png", "b.tif"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "d1" / "c.npy").write_bytes(b"x")
+    a, b, c = str(tmp_path / "a.png"), str(tmp_path / "b.tif"), str(tmp_path / "d1" / "c.npy")
+    assert data.list_images(f"{b},{a},") == [b, a]  # order kept, empty parts dropped
+    assert data.list_images(f"{tmp_path / 'd1'},{a}") == [c, a]  # folders expanded
+    assert data.pair_files(f"{a},{c}", f"{c},{a}") == [("a", a, a), ("c", c, c)]
+    # An existing path is one path, even with a comma in its name.
+    odd = tmp_path / "x,y"
+    odd.mkdir()
+    (odd / "e.png").write_bytes(b"x")
+    assert data.list_images(str(odd)) == [str(odd / "e.png")]
+    with pytest.raises(DataError, match="Not found: .*nope.png"):
+        data.list_images(f"{a},{tmp_path / 'nope.png'}")
+    with pytest.raises(DataError, match="empty list"):
+        data.list_images(",")
+
+
 # ------------------------------------------------------------------ round trips
 
 @pytest.mark.parametrize("name,array,bit_depth,levels", [

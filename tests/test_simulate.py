@@ -1,6 +1,7 @@
 """Tests of the simulation protocol (sei_tf.data.simulate) and its CLI (sei_tf.simulate)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -60,6 +61,38 @@ def test_simulate_layout_and_sidecar(sr_run):
     assert [tuple(y.shape) for y, _ in pairs] == [(1, 24, 30, 3), (1, 31, 24, 3)]
     # Nothing left behind in the parent folder (no staging folders).
     assert sorted(os.listdir(root)) == ["gt", "out"]
+
+
+def test_output_folder_stands_for_its_measurements(sr_run, caplog):
+    # --measurements DATA (the folder simulate wrote) works like DATA/measurements.
+    root, _, _, _ = sr_run
+    out = root / "out"
+    with caplog.at_level(logging.INFO):
+        files = data.list_images(out)
+    assert files == data.list_images(out / "measurements") == [str(out / "measurements" / "astro.tif"),
+                                                                 str(out / "measurements" / "cat.tif")]
+    assert any(str(out / "measurements") in r.getMessage() for r in caplog.records)  # said so
+    assert data.read_sidecar(out) == data.read_sidecar(out / "measurements")
+    # Pairing takes the measurements and the ground truth from their own sub-folders.
+    pairs = data.pair_files(out, out)
+    folders = [(s, os.path.basename(os.path.dirname(y)), os.path.basename(os.path.dirname(x))) for s, y, x in pairs]
+    assert folders == [("astro", "measurements", "ground_truth"), ("cat", "measurements", "ground_truth")]
+    assert data.list_images(out, subfolder=data.GROUND_TRUTH_DIR)[0] == str(out / "ground_truth" / "astro.png")
+
+
+def test_folder_with_images_of_its_own_is_not_replaced(sr_run, tmp_path):
+    root, _, _, _ = sr_run
+    for sub in ("measurements", "ground_truth"):
+        (tmp_path / sub).mkdir()
+    data.write_image(tmp_path / "own.png", np.zeros((4, 4, 3), np.float32))
+    (tmp_path / "measurements" / data.SIDECAR_NAME).write_bytes((root / "out" / "measurements" /
+                                                                 data.SIDECAR_NAME).read_bytes())
+    assert data.list_images(tmp_path) == [str(tmp_path / "own.png")]
+    assert data.read_sidecar(tmp_path) is None
+    os.remove(tmp_path / "own.png")
+    assert data.read_sidecar(tmp_path)["factor"] == 2
+    with pytest.raises(DataError, match="No images found"):
+        data.list_images(tmp_path, subfolder=None)
 
 
 def test_simulated_noise_is_gaussian_unclipped_and_at_sigma(sr_run):

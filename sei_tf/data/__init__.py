@@ -29,7 +29,8 @@ import importlib
 
 from sei_tf.data.diagnostics import NOISE_FLOOR, diagnose, estimate_noise_sigma
 from sei_tf.data.files import (GROUND_TRUTH_DIR, MEASUREMENTS_DIR, SIDECAR_NAME, SUPPORTED_EXTENSIONS, DataError,
-                               dicom_value_range, list_images, load_images, read_image, write_image)
+                               dicom_value_range, list_images, load_images, read_image, simulation_subfolder,
+                               split_paths, write_image)
 from sei_tf.data.samples import GREY_SAMPLE_NAMES, SAMPLE_NAMES, sample_ground_truth
 from sei_tf.data.sidecar import (SIDECAR_FORMAT_VERSION, check_noise_level, physics_from_sidecar, physics_meta,
                                  read_sidecar)
@@ -43,7 +44,7 @@ _LAZY = {
 
 __all__ = [
     "SUPPORTED_EXTENSIONS", "SIDECAR_NAME", "MEASUREMENTS_DIR", "GROUND_TRUTH_DIR", "DataError",
-    "list_images", "read_image", "dicom_value_range", "load_images",
+    "list_images", "split_paths", "simulation_subfolder", "read_image", "dicom_value_range", "load_images",
     "write_image", "SIDECAR_FORMAT_VERSION", "physics_meta", "read_sidecar", "check_noise_level",
     "physics_from_sidecar", "NOISE_FLOOR", "estimate_noise_sigma", "diagnose", "SAMPLE_NAMES",
     "GREY_SAMPLE_NAMES", "sample_ground_truth", *_LAZY,

@@ -14,7 +14,8 @@ folder and extension).
 import numpy as np
 import tensorflow as tf
 
-from sei_tf.data.files import DataError, _check_channels, _stem, list_images, load_images, read_image
+from sei_tf.data.files import (GROUND_TRUTH_DIR, MEASUREMENTS_DIR, DataError, _check_channels, _stem,
+                               list_images, load_images, read_image)
 
 
 def _check_positive_int(value, name):
@@ -137,6 +138,10 @@ def measurement_dataset(files, patch_size, batch_size, channels, seed=0, factor=
 def pair_files(measurement_files, ground_truth_files):
     """Pairs measurement and ground-truth files by file stem (name without extension).
 
+    Either side may be a folder, files, comma-separated paths (see `list_images`),
+    or an output folder of `simulate`: its `measurements/` sub-folder is used for the
+    measurements, its `ground_truth/` sub-folder for the ground truth.
+
     Returns:
       A list of (stem, measurement_path, ground_truth_path), sorted by stem.
 
@@ -144,9 +149,10 @@ def pair_files(measurement_files, ground_truth_files):
       DataError: a stem appears twice on one side, or a file has no partner.
     """
     sides = []
-    for label, files in (("measurement", measurement_files), ("ground-truth", ground_truth_files)):
+    for label, files, subfolder in (("measurement", measurement_files, MEASUREMENTS_DIR),
+                                    ("ground-truth", ground_truth_files, GROUND_TRUTH_DIR)):
         by_stem = {}
-        for f in list_images(files):
+        for f in list_images(files, subfolder):
             s = _stem(f)
             if s in by_stem:
                 raise DataError(f"Two {label} files share the name {s!r}: {by_stem[s]} and {f}.")

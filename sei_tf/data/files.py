@@ -32,6 +32,7 @@ import io
 import os
 
 import numpy as np
+from absl import logging
 
 from sei_tf.data import png16
 
@@ -77,9 +78,29 @@ def _folder_files(folder):
     return images, others
 
 
-def _list_folder(folder):
+def simulation_subfolder(folder, subfolder=MEASUREMENTS_DIR):
+    """`folder/subfolder` when `folder` is an output folder of `sei_tf.data.simulate`, else None.
+
+    Such a folder holds the sub-folders `measurements/` and `ground_truth/` and no
+    image file of its own. `subfolder` is MEASUREMENTS_DIR or GROUND_TRUTH_DIR; None
+    always gives None.
+    """
+    if subfolder is None or not os.path.isdir(folder):
+        return None
+    if not all(os.path.isdir(os.path.join(folder, sub)) for sub in (MEASUREMENTS_DIR, GROUND_TRUTH_DIR)):
+        return None
+    if _folder_files(folder)[0]:
+        return None
+    return os.path.join(folder, subfolder)
+
+
+def _list_folder(folder, subfolder):
     images, others = _folder_files(folder)
     if not images:
+        inner = simulation_subfolder(folder, subfolder)
+        if inner is not None:
+            logging.info("%s is an output folder of sei_tf.simulate: using the images in %s", folder, inner)
+            return _list_folder(inner, None)
         hint = ""
         if others:
             exts = sorted({os.path.splitext(n)[1].lower() or "(no extension)" for n in others})
@@ -90,13 +111,35 @@ def _list_folder(folder):
     return [os.path.join(folder, n) for n in images]
 
 
-def list_images(path_or_paths):
+def split_paths(path_or_paths):
+    """Turns a path, a comma-separated string of paths, or a list of paths into a list.
+
+    The one rule for strings (command-line flags): a string that names an existing
+    file or folder is that one path, even when it holds commas; any other string
+    is split at its commas, empty parts dropped ('a.png,b.png' and 'dir1,dir2,' name
+    two paths each). A path-like object is one path; a list or tuple is kept as is.
+    """
+    if isinstance(path_or_paths, os.PathLike):
+        return [os.fspath(path_or_paths)]
+    if isinstance(path_or_paths, str):
+        if "," in path_or_paths and not os.path.exists(path_or_paths):
+            return [p for p in path_or_paths.split(",") if p]
+        return [path_or_paths]
+    return [os.fspath(p) for p in path_or_paths]
+
+
+def list_images(path_or_paths, subfolder=MEASUREMENTS_DIR):
     """Lists image files.
 
     Args:
       path_or_paths: a folder (its supported files, sorted by name; hidden files,
         sub-folders and the `sei_tf.json` sidecar are ignored), a single image file,
-        or a list of files and/or folders (order kept, folders expanded).
+        a list of files and/or folders (order kept, folders expanded), or a string
+        of comma-separated paths (see `split_paths` for the rule).
+      subfolder: a folder written by `sei_tf.data.simulate` (it holds
+        `measurements/` and `ground_truth/` and no image of its own) is replaced by
+        this sub-folder, with a log line: MEASUREMENTS_DIR (default) or
+        GROUND_TRUTH_DIR; None lists such a folder as it is (no image found).
 
     Returns:
       A list of file paths (str).
@@ -105,16 +148,13 @@ def list_images(path_or_paths):
       DataError: a path does not exist, a listed file has an unsupported extension,
         or no image was found.
     """
-    if isinstance(path_or_paths, (str, os.PathLike)):
-        items = [os.fspath(path_or_paths)]
-    else:
-        items = [os.fspath(p) for p in path_or_paths]
-        if not items:
-            raise DataError("An empty list of images was given.")
+    items = split_paths(path_or_paths)
+    if not items:
+        raise DataError("An empty list of images was given.")
     files = []
     for item in items:
         if os.path.isdir(item):
-            files.extend(_list_folder(item))
+            files.extend(_list_folder(item, subfolder))
         elif os.path.isfile(item):
             if not _is_supported(item):
                 raise DataError(

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from sei_tf.data.files import SIDECAR_NAME, DataError
+from sei_tf.data.files import MEASUREMENTS_DIR, SIDECAR_NAME, DataError, simulation_subfolder
 
 SIDECAR_FORMAT_VERSION = 1
 
@@ -34,6 +34,9 @@ def physics_meta(op):
 def read_sidecar(measurement_dir):
     """Reads `sei_tf.json` from a measurement folder (or the folder of a given file).
 
+    An output folder of `simulate` (see `sei_tf.data.files.simulation_subfolder`)
+    stands for its `measurements/` sub-folder, as in `list_images`.
+
     Returns:
       The sidecar dictionary, or None when the folder has none. The key '_path'
       (the sidecar's path, for messages) is added to what the file holds.
@@ -45,6 +48,7 @@ def read_sidecar(measurement_dir):
     measurement_dir = os.fspath(measurement_dir)
     if os.path.isfile(measurement_dir):
         measurement_dir = os.path.dirname(measurement_dir)
+    measurement_dir = simulation_subfolder(measurement_dir, MEASUREMENTS_DIR) or measurement_dir
     path = os.path.join(measurement_dir, SIDECAR_NAME)
     if not os.path.isfile(path):
         return None

@@ -108,7 +108,8 @@ def simulate(ground_truth_dir, output_dir, physics, shorter_side=256, seed=0, ov
     `ground_truth/` sub-folders (other files are kept).
 
     Args:
-      ground_truth_dir: folder or list of ground-truth images.
+      ground_truth_dir: folder, list or comma-separated string of ground-truth images
+        (see `list_images`; an earlier output folder stands for its `ground_truth/`).
       output_dir: output folder.
       physics: an operator from `sei_tf.physics` (e.g. `physics.make('sr', 4)`).
       shorter_side: target shorter side in pixels; 0/None keeps the size.
@@ -128,7 +129,7 @@ def simulate(ground_truth_dir, output_dir, physics, shorter_side=256, seed=0, ov
         raise DataError(f"shorter_side must be a non-negative integer (0 = no resize), got {shorter_side!r}.")
     if int(seed) != seed:
         raise DataError(f"seed must be an integer, got {seed!r}.")
-    files = list_images(ground_truth_dir)
+    files = list_images(ground_truth_dir, GROUND_TRUTH_DIR)
     if os.path.isfile(output_dir):
         raise DataError(f"The output {output_dir} is a file, not a folder.")
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
