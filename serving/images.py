@@ -1,22 +1,25 @@
 """Image files <-> NumPy arrays for serving (Pillow, tifffile, NumPy; no TensorFlow).
 
 Arrays keep the file's own type: uint8 (8-bit PNG/JPEG/TIFF), uint16 (16-bit
-PNG greyscale, 16-bit TIFF), float32/float64 (float TIFF, .npy). Greyscale is
-HxW, colour HxWxC. An alpha channel is dropped when reading files (a restored
-image has no meaningful transparency); palette images become RGB.
+PNG, grey or colour, and 16-bit TIFF), float32/float64 (float TIFF, .npy).
+Greyscale is HxW, colour HxWxC. An alpha channel is dropped when reading files
+(a restored image has no meaningful transparency); palette images become RGB.
+Every file that `sei_tf.data.simulate` writes can be read (16-bit PNG ground
+truth, float32 TIFF measurements).
 
-Limitations: Pillow reads 16-bit *colour* PNG only as 8-bit, so such files are
-refused with a clear error (convert them to 16-bit TIFF); 16-bit colour output
-is written as TIFF.
+16-bit PNG files are decoded by `sei_tf.data.png16`, which sei-tf uses too
+(Pillow would reduce 16-bit colour to 8 bits). PNG output holds 8-bit grey/RGB
+or 16-bit grey; 16-bit colour output is written as TIFF.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import struct
 
 import numpy as np
+
+from sei_tf.data import png16
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".npy": "npy"}
 OUTPUT_EXTENSIONS = {"png": ".png", "tiff": ".tif", "npy": ".npy"}
@@ -67,6 +70,8 @@ def decode_image(data: bytes, max_pixels: int | None = None, name: str = "upload
             return _decode_npy(data, max_pixels, name)
         if fmt == "tiff":
             return _decode_tiff(data, max_pixels, name)
+        if fmt == "png" and png16.read_header(data)[2] == 16:
+            return _decode_png16(data, max_pixels, name)
         return _decode_pillow(data, fmt, max_pixels, name)
     except ImageError:
         raise
@@ -116,20 +121,18 @@ def _decode_tiff(data, max_pixels, name):
     return np.ascontiguousarray(arr)
 
 
-def _png_header(data):
-    """(bit depth, colour type) of a PNG from its IHDR chunk."""
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    return depth, colour
+def _decode_png16(data, max_pixels, name):
+    width, height, _, _, _ = png16.read_header(data)
+    _check_pixels(height, width, max_pixels, name)
+    arr = png16.decode(data)  # (H, W, C) uint16, C = 1 to 4
+    if arr.shape[-1] in (2, 4):  # grey+alpha, RGBA: drop alpha
+        arr = arr[..., :-1]
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
 def _decode_pillow(data, fmt, max_pixels, name):
     from PIL import Image
 
-    if fmt == "png" and len(data) >= 26:
-        depth, colour = _png_header(data)
-        if depth == 16 and colour in (2, 6):
-            raise ImageError(f"{name}: 16-bit colour PNG cannot be read losslessly (Pillow decodes it as 8-bit); "
-                             "convert it to a 16-bit TIFF.")
     with Image.open(io.BytesIO(data)) as im:
         w, h = im.size
         _check_pixels(h, w, max_pixels, name)
@@ -144,12 +147,6 @@ def _decode_pillow(data, fmt, max_pixels, name):
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
             im = im.convert("RGB")
         arr = np.array(im)
-    if mode == "I" or arr.dtype == np.int32:  # 16-bit greyscale PNG read as 32-bit int
-        if arr.min() < 0 or arr.max() > 65535:
-            raise ImageError(f"{name}: 32-bit integer image is not supported.")
-        arr = arr.astype(np.uint16)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # LA, RGBA: drop alpha
         arr = arr[..., :-1]
         if arr.shape[-1] == 1:

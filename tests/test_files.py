@@ -1,4 +1,5 @@
-"""Tests of sei_tf.data.files and sei_tf.data.png16 (TensorFlow only as a reference decoder)."""
+"""Tests of sei_tf.data.files and sei_tf.data.png16 that need no TensorFlow, and of
+serving reading what sei_tf writes."""
 
 import io
 import os
@@ -13,6 +14,7 @@ from PIL import Image
 
 from sei_tf import data
 from sei_tf.data import png16
+from serving import images as serving_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +76,7 @@ def _pillow(png_bytes):
 # ------------------------------------------------------------------ no TensorFlow
 
 def test_importing_data_and_files_does_not_import_tensorflow():
-    code = ("import sys; import sei_tf.data, sei_tf.data.files; "
+    code = ("import sys; import sei_tf.data, sei_tf.data.files, serving.images; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "import sei_tf.data as d; d.read_image; d.write_image; d.read_sidecar; d.diagnose; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported by a name'; print('ok')")
@@ -179,3 +181,36 @@ def test_reads_the_ground_truth_that_sei_tf_0_1_wrote_with_tensorflow():
         stored = tf.io.decode_png(f.read(), dtype=tf.uint16).numpy()
     assert stored.shape[-1] == 3
     np.testing.assert_array_equal(data.read_image(path), stored / np.float32(65535))
+    np.testing.assert_array_equal(serving_images.read_image(path), stored)
+
+
+# ------------------------------------------------------------------ serving reads what sei_tf writes
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_serving_reads_16bit_png_written_by_sei_tf_exactly(tmp_path, channels):
+    a = np.random.default_rng(channels).random((10, 14, channels)).astype(np.float32)
+    data.write_image(tmp_path / "x.png", a, bit_depth=16)
+    got = serving_images.read_image(tmp_path / "x.png")
+    expected = np.round(a * 65535).astype(np.uint16)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, expected[..., 0] if channels == 1 else expected)
+    # And sei_tf reads back the same values.
+    np.testing.assert_array_equal(data.read_image(tmp_path / "x.png"), expected / np.float32(65535))
+
+
+def test_serving_reads_16bit_rgba_png_without_alpha():
+    a = _random16((5, 6, 4), seed=5)
+    np.testing.assert_array_equal(serving_images.decode_image(_png_file(a)), a[..., :3])
+
+
+def test_serving_checks_16bit_png_size_before_decoding():
+    blob = png16.encode(_random16((8, 8, 3)))
+    huge = bytearray(blob)
+    huge[16:24] = struct.pack(">II", 100000, 100000)  # header claims 10^10 pixels; CRC now wrong
+    with pytest.raises(serving_images.ImageTooLarge):
+        serving_images.decode_image(bytes(huge), max_pixels=10**6)
+    with pytest.raises(serving_images.ImageTooLarge):
+        serving_images.decode_image(blob, max_pixels=63)
+    assert serving_images.decode_image(blob, max_pixels=64).shape == (8, 8, 3)
+    with pytest.raises(serving_images.ImageError, match="could not decode PNG"):
+        serving_images.decode_image(blob[:-20])
