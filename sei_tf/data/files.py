@@ -24,8 +24,8 @@ Supported files (extension, case-insensitive):
 Pixels are taken as stored: EXIF orientation tags are not applied and alpha is
 not composited.
 
-Every error about user data is a `DataError` (a `ValueError`) whose message names
-the file concerned.
+Every error about user data is a `DataError` (a `SeiTfError` and a `ValueError`)
+whose message names the file concerned.
 """
 
 import io
@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from sei_tf.data import png16
+from sei_tf.errors import SeiTfError
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".npy")
 SIDECAR_NAME = "sei_tf.json"  # the physics of a measurement folder, see `sei_tf.data.sidecar`
@@ -42,8 +43,11 @@ MEASUREMENTS_DIR = "measurements"  # the two sub-folders that `sei_tf.data.simul
 GROUND_TRUTH_DIR = "ground_truth"
 
 
-class DataError(ValueError):
-    """Input data that sei-tf cannot use; the message says which file and why."""
+class DataError(SeiTfError, ValueError):
+    """Input data that sei-tf cannot use; the message says which file and why.
+
+    A `SeiTfError` (the command-line tools print it as one line) and a `ValueError`.
+    """
 
 
 # --------------------------------------------------------------------------------------
