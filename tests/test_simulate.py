@@ -205,7 +205,7 @@ def test_cli_simulates_and_reports(tmp_path):
                "--noise_sigma=2", "--shorter_side=40", "--seed=5", "--noprogress")
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
-    assert last.startswith("wrote 2 measurement(s) (blur gaussian:1, noise 2/255, seed 5)")
+    assert last.startswith("wrote 2 measurement(s) (blur gaussian:1, gaussian sigma 2/255, seed 5)")
     assert str(out / "measurements") in last
     meta = data.read_sidecar(out / "measurements")
     assert meta["task"] == "deblur" and meta["kernel"] == "gaussian:1" and meta["seed"] == 5
