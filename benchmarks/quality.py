@@ -7,8 +7,13 @@
 Trains every method on every task with the same backbone, budget (steps, batch,
 patch), optimizer schedule (Adam, constant for half the steps then linear decay
 to 0.01x) and seed, then evaluates on the held-out test photographs with the
-paper's protocol (full images, 8-bit luma PSNR/SSIM, mean and std over the set)
-next to the non-learned baseline (bicubic upsampling / the blurred input).
+library's evaluation (`sei_tf.evaluate`: full images, 8-bit luma PSNR/SSIM, mean
+and std over the set) next to the non-learned baseline of the task's physics.
+
+Tasks are physics objects (`TASKS`: arguments of `sei_tf.physics.from_flags`);
+methods are objective presets of `sei_tf.objectives` (`METHODS`: cell key ->
+preset name). This module runs the experiment; `quality_report` writes the
+tables and figures.
 
 Data (default): scikit-image's bundled colour photographs plus the 12 nature
 photographs of Debian's `mate-backgrounds` package, resized so the shorter side
@@ -17,8 +22,11 @@ test image in training. Measurements are simulated once (`sei_tf.data.simulate`,
 noise seed per image name) and cached under `--cache_dir`.
 
 Every finished cell (task x method) is cached as JSON (final metrics, learning
-curve, timing) with its weights and 8-bit test predictions; an unfinished cell
-keeps a checkpoint at each evaluation, so a killed run resumes where it stopped.
+curve, timing) with its trained model (`<task>__<method>.keras`, loadable with
+`sei_tf.loading`) and 8-bit test predictions; an unfinished cell keeps a
+checkpoint at each evaluation (`<task>__<method>.partial/`: the SEIModel saved
+as model.keras with its optimizer state, and state.json with the curve so far),
+so a killed run resumes where it stopped and ends as an uninterrupted one would.
 Tables and figures in `--results_dir` are regenerated from whatever cells are
 finished; missing cells are marked "not run yet".
 """
@@ -37,8 +45,11 @@ from absl import app, flags, logging  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+for _path in (ROOT, HERE):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import quality_report  # noqa: E402
 
 # ------------------------------------------------------------------------------------
 # Fixed protocol
@@ -52,14 +63,20 @@ MATE_NAMES = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", 
 # The stereo pair motorcycle_left/right stays together (in training).
 TEST_NAMES = ("astronaut", "coffee", "Blinds", "GreenMeadow", "Storm", "YellowFlower")
 
+# Task key -> the arguments of `sei_tf.physics.from_flags` (noise: NOISE_SIGMA) and a
+# label. The dicts are hashed as they are into the simulated data's cache folder name.
 TASKS = {
     "sr_x2": {"task": "sr", "factor": 2, "label": "SR x2"},
     "sr_x4": {"task": "sr", "factor": 4, "label": "SR x4"},
     "gaussian_2": {"task": "deblur", "kernel": "gaussian:2", "label": "Gaussian blur s=2"},
     "box_3": {"task": "deblur", "kernel": "box:3", "label": "Box blur r=3"},
 }
-ALL_METHODS = ("supervised", "css", "sure", "ei_shift", "ei_rotate", "sei", "sei_nostop")
-SELF_SUPERVISED = ("css", "sure", "ei_shift", "ei_rotate", "sei", "sei_nostop")
+NOISE_SIGMA = 5.0
+# Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
+# cell files and the rows of the results, so they stay as they were.
+METHODS = {"supervised": "supervised", "css": "css", "sure": "sure", "ei_shift": "ei_shift",
+           "ei_rotate": "ei_rotate", "sei": "sei", "sei_nostop": "sei_no_stop_gradient"}
+ALL_METHODS = tuple(METHODS)
 METHODS_PER_TASK = {
     "sr_x2": ALL_METHODS, "gaussian_2": ALL_METHODS,
     "sr_x4": ("supervised", "sure", "sei"), "box_3": ("supervised", "sure", "sei"),
@@ -71,19 +88,8 @@ PRIORITY = (
     + [(t, m) for t in ("sr_x2", "gaussian_2") for m in ("sei_nostop", "ei_shift", "css", "ei_rotate")]
     + [(t, m) for t in ("sr_x4", "box_3") for m in ("supervised", "sei", "sure")]
 )
-METHOD_LABELS = {"supervised": "Supervised", "css": "CSS", "sure": "SURE", "ei_shift": "EI (shift)",
-                 "ei_rotate": "EI (rotate)", "sei": "SEI", "sei_nostop": "SEI, no stop-gradient",
-                 "baseline": "Non-learned baseline"}
-# The authors' published PSNR (dB), noise 5/255, DIV2K validation, SwinIR, GPU budget.
-PAPER_PSNR = {
-    "sr_x2": {"supervised": 29.2, "sei": 29.1, "baseline": 27.4},
-    "sr_x4": {"supervised": 22.7, "sei": 22.9, "baseline": 21.9},
-    "gaussian_2": {"supervised": 25.9, "sei": 25.8, "baseline": 22.8},
-}
-# Bars of issue #4 on the CPU budget: max PSNR gap (dB) of SEI below supervised.
-GAP_BARS = {"sr_x2": 0.3, "sr_x4": 0.5, "gaussian_2": 1.5}
-NOISE_SIGMA = 5.0
-VISUAL_NAME = "astronaut"  # the test image shown in visual.png (centre crop)
+DEFAULT_DATA_LABEL = ("the default real photographs (scikit-image colour photographs + mate-backgrounds "
+                      "nature photographs)")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "cpu", ["cpu", "paper"],
@@ -92,7 +98,8 @@ flags.DEFINE_enum("preset", "cpu", ["cpu", "paper"],
                   "epochs) on --ground_truth_dir; explicit flags still override.")
 flags.DEFINE_list("tasks", list(TASKS), f"Tasks to run, among {', '.join(TASKS)}.")
 flags.DEFINE_list("methods", list(ALL_METHODS),
-                  f"Methods to run (each task runs those of its list), among {', '.join(ALL_METHODS)}.")
+                  f"Methods to run (each task runs those of its list), among {', '.join(ALL_METHODS)} "
+                  "(or their objective preset names, e.g. sei_no_stop_gradient for sei_nostop).")
 flags.DEFINE_string("ground_truth_dir", None,
                     "Ground-truth photographs instead of the default data. Split: names 0001-0800 "
                     "train / 0801-0900 test when all names are numbers (DIV2K), else --test_names.")
@@ -120,6 +127,7 @@ flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables 
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
 flags.DEFINE_boolean("report_only", False, "Only regenerate tables and figures from finished cells.")
 flags.DEFINE_boolean("rerun", False, "Retrain the selected cells even when they are finished.")
+
 
 
 # ------------------------------------------------------------------------------------
@@ -179,6 +187,13 @@ def short_hash(obj):
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def cell_set_key(cfg, sources, test, gt_dir=None):
+    """(data key, cell-set key): the cached cells of a configuration live in cells/<cell-set key>/."""
+    data_key = short_hash({"sources": sorted(os.path.basename(f) for f in sources), "test": sorted(test),
+                           "gt_dir": os.path.abspath(gt_dir) if gt_dir else None})
+    return data_key, f"{cfg['preset']}-{short_hash({'cfg': cfg, 'data': data_key})}"
+
+
 # ------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------
@@ -231,12 +246,11 @@ def user_sources(gt_dir, test_names):
 
 
 def make_physics(task_key):
+    """The physics of a task, built from its row of `TASKS`."""
     from sei_tf import physics
 
-    t = TASKS[task_key]
-    if t["task"] == "sr":
-        return physics.SuperResolution(t["factor"], NOISE_SIGMA)
-    return physics.Blur(t["kernel"], NOISE_SIGMA)
+    args = {k: v for k, v in TASKS[task_key].items() if k != "label"}
+    return physics.from_flags(noise_sigma=NOISE_SIGMA, **args)
 
 
 def prepare_task(task_key, sources, test, cfg, cache_dir):
@@ -272,42 +286,65 @@ def prepare_task(task_key, sources, test, cfg, cache_dir):
 # Training and evaluation of one cell
 # ------------------------------------------------------------------------------------
 
-def evaluate(restore, ys, xs):
-    """Per-image PSNR/SSIM (paper protocol) and 8-bit predictions of a restorer."""
+def build_model(task_key, method, cfg):
+    """The untrained SEIModel of a cell: the task's physics, the method's objective preset.
+
+    Seeded so that every method of a task starts from the same initial weights.
+    """
+    import keras
+
+    from sei_tf import models, training
+
+    keras.utils.set_random_seed(cfg["seed"])
+    op = make_physics(task_key)
+    backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3, **cfg["backbone_args"])
+    return training.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
+
+
+def evaluate_on_test(model, td):
+    """`sei_tf.evaluate` on the full test images: {"model": summary, "baseline": summary}.
+
+    A summary holds psnr_mean/psnr_std/ssim_mean/ssim_std and the per-image
+    lists psnr/ssim (in the order of td["test_names"]).
+    """
+    from sei_tf import evaluate
+
+    rows = evaluate.evaluate(model, zip(td["test_names"], td["test_y"], td["test_x"]))
+    out = {}
+    for s in evaluate.summarize(rows):
+        sel = [r for r in rows if r["method"] == s["method"]]
+        out[s["method"]] = {"psnr_mean": s["psnr"], "psnr_std": s["psnr_std"], "ssim_mean": s["ssim"],
+                            "ssim_std": s["ssim_std"], "psnr": [r["psnr"] for r in sel],
+                            "ssim": [r["ssim"] for r in sel]}
+    return out
+
+
+def to_uint8(image):
+    """An estimate as the 8-bit image the metrics score (clamped to [0, 1], rounded)."""
     import numpy as np
+
+    return np.round(np.clip(np.asarray(image), 0, 1) * 255).astype(np.uint8)
+
+
+def save_predictions(path, names, images):
+    import numpy as np
+
+    np.savez_compressed(path, **{n: to_uint8(p) for n, p in zip(names, images)})
+
+
+def baseline_cell(task_key, td, cfg, cell_dir):
+    """The non-learned baseline of the task's physics (`physics.baseline`), evaluated once."""
     import tensorflow as tf
-
-    from sei_tf import metrics
-
-    psnrs, ssims, preds = [], [], []
-    for y, x in zip(ys, xs):
-        xh = restore(tf.constant(y[None]))
-        xt = tf.constant(x[None])
-        psnrs.append(float(metrics.psnr(xh, xt)[0]))
-        ssims.append(float(metrics.ssim(xh, xt)[0]))
-        preds.append(np.round(np.clip(np.asarray(xh[0]), 0, 1) * 255).astype(np.uint8))
-    return psnrs, ssims, preds
-
-
-def summary(psnrs, ssims):
-    import numpy as np
-
-    return {"psnr_mean": float(np.mean(psnrs)), "psnr_std": float(np.std(psnrs)),
-            "ssim_mean": float(np.mean(ssims)), "ssim_std": float(np.std(ssims)),
-            "psnr": [float(v) for v in psnrs], "ssim": [float(v) for v in ssims]}
-
-
-def baseline_cell(task_key, td, cell_dir):
-    import numpy as np
 
     path = os.path.join(cell_dir, f"{task_key}__baseline.json")
     if os.path.isfile(path):
         return json.load(open(path))
-    phys = make_physics(task_key)
-    psnrs, ssims, preds = evaluate(phys.baseline, td["test_y"], td["test_x"])
-    res = {"task": task_key, "method": "baseline", "test_names": td["test_names"], **summary(psnrs, ssims)}
-    np.savez_compressed(os.path.join(cell_dir, f"{task_key}__baseline.npz"),
-                        **{n: p for n, p in zip(td["test_names"], preds)})
+    # sei_tf.evaluate scores a model next to its physics' baseline; keep the baseline's rows.
+    model = build_model(task_key, "sure", cfg)
+    res = {"task": task_key, "method": "baseline", "test_names": td["test_names"],
+           **evaluate_on_test(model, td)["baseline"]}
+    save_predictions(os.path.join(cell_dir, f"{task_key}__baseline.npz"), td["test_names"],
+                     [model.physics.baseline(tf.constant(y[None]))[0] for y in td["test_y"]])
     _write_json(path, res)
     return res
 
@@ -319,106 +356,130 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def _var_key(v):
-    return v.path.replace("/", "|")
+def new_state():
+    return {"step": 0, "curve": [], "train_seconds": 0.0, "eval_seconds": 0.0, "loss": []}
+
+
+def save_checkpoint(model, state, ckpt):
+    """The SEIModel with its optimizer state (model.keras), then the curve so far (state.json).
+
+    Both are replaced atomically, the model first: the model's optimizer step count
+    is the truth on resumption (see `load_checkpoint`).
+    """
+    os.makedirs(ckpt, exist_ok=True)
+    tmp = os.path.join(ckpt, "model.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, os.path.join(ckpt, "model.keras"))
+    _write_json(os.path.join(ckpt, "state.json"), state)
+
+
+def load_checkpoint(ckpt, name):
+    """(model, state) of an interrupted cell, or None when there is no usable checkpoint.
+
+    The model comes back compiled, with Adam's moments, step count and learning-rate
+    schedule, so training continues exactly where it stopped.
+    """
+    import keras
+
+    path = os.path.join(ckpt, "model.keras")
+    if not os.path.isfile(path):
+        if os.path.isdir(ckpt):
+            logging.warning("%s: %s holds no model.keras (a checkpoint of an older format); the cell "
+                            "starts again from step 0", name, ckpt)
+            shutil.rmtree(ckpt)
+        return None
+    model = keras.saving.load_model(path)  # compile=True: the optimizer and its state too
+    state_path = os.path.join(ckpt, "state.json")
+    state = json.load(open(state_path)) if os.path.isfile(state_path) else new_state()
+    step = int(model.optimizer.iterations)
+    # Killed between the two writes: keep what the model's step supports.
+    state["curve"] = [c for c in state["curve"] if c[0] <= step]
+    state["loss"] = [v for v in state["loss"] if v[0] <= step]
+    state["step"] = step
+    return model, state
 
 
 def train_cell(task_key, method, td, cfg, cell_dir):
     """Trains one (task, method) cell, with resumable checkpoints; returns its result dict."""
     import keras
     import numpy as np
-    import tensorflow as tf
 
-    from sei_tf import data, models, training
+    from sei_tf import data, evaluate, objectives, training
 
     name = f"{task_key}__{method}"
-    phys = make_physics(task_key)
-    factor = TASKS[task_key].get("factor", 1)
+    ckpt = os.path.join(cell_dir, name + ".partial")
     num_train = len(td["train_y"])
     steps = cell_steps(cfg, num_train)
     eval_every = FLAGS.eval_every or max(1, steps // 10)
-    patch = cfg["patch_size_x4"] if factor == 4 else cfg["patch_size"]
-    lr = cfg["lr_sr"] if factor > 1 else cfg["lr_deblur"]
 
-    keras.utils.set_random_seed(cfg["seed"])  # same initial weights for every method
-    backbone = models.build(cfg["backbone"], upscale=factor, channels=3, **cfg["backbone_args"])
-    base_method = "sei" if method == "sei_nostop" else method
-    model = training.SEIModel(backbone, phys, method=base_method, stop_gradient=(method != "sei_nostop"),
-                              seed=cfg["seed"])
-    model.compile(optimizer=keras.optimizers.Adam(training.DelayedLinearDecay(lr, steps),
-                                                  beta_1=0.9, beta_2=0.999))
-    if method == "supervised":
+    resumed = load_checkpoint(ckpt, name)
+    if resumed is None:
+        model, state = build_model(task_key, method, cfg), new_state()
+    else:
+        model, state = resumed
+        logging.info("%s: resuming at step %d/%d", name, state["step"], steps)
+    upscale = model.physics.upscale
+    patch = cfg["patch_size_x4"] if upscale == 4 else cfg["patch_size"]
+    lr = cfg["lr_sr"] if upscale > 1 else cfg["lr_deblur"]
+    model.physics.check_measurement_size(patch, patch, f"{name}: the training patch")
+    if resumed is None:
+        model.compile(optimizer=keras.optimizers.Adam(training.DelayedLinearDecay(lr, steps),
+                                                      beta_1=0.9, beta_2=0.999))
+    if objectives.needs_ground_truth(model.objective):
         ds = data.paired_patch_dataset(td["train_y"], td["train_x"], patch, cfg["batch_size"], 3,
-                                       factor=factor, seed=cfg["seed"])
+                                       factor=upscale, seed=cfg["seed"])
     else:
         ds = data.measurement_dataset(td["train_y"], patch, cfg["batch_size"], 3, seed=cfg["seed"],
-                                      factor=factor)
+                                      factor=upscale)
 
-    ckpt = os.path.join(cell_dir, name + ".partial")
-    state = {"step": 0, "curve": [], "train_seconds": 0.0, "eval_seconds": 0.0, "loss": []}
-    if os.path.isfile(os.path.join(ckpt, "state.json")):
-        state = json.load(open(os.path.join(ckpt, "state.json")))
-        backbone.load_weights(os.path.join(ckpt, "backbone.weights.h5"))
-        model.optimizer.build(backbone.trainable_variables)
-        opt = np.load(os.path.join(ckpt, "optimizer.npz"))
-        for v in model.optimizer.variables:
-            if _var_key(v) in opt:
-                v.assign(opt[_var_key(v)])
-        logging.info("%s: resuming at step %d/%d", name, state["step"], steps)
-
-    def restore(y):
-        return backbone(y, training=False)
-
-    if state["step"] == 0 and not state["curve"]:
+    def curve_point():
         t = time.time()
-        p, s, _ = evaluate(restore, td["test_y"], td["test_x"])
-        state["curve"].append([0, float(np.mean(p)), float(np.mean(s))])
+        s = evaluate_on_test(model, td)["model"]
+        state["curve"].append([state["step"], s["psnr_mean"], s["ssim_mean"]])
         state["eval_seconds"] += time.time() - t
 
+    if not state["curve"] or state["curve"][-1][0] != state["step"]:
+        curve_point()
     while state["step"] < steps:
         chunk = min(eval_every, steps - state["step"])
         t = time.time()
+        # The data stream of an uninterrupted run: skip the batches of the steps done.
         hist = model.fit(ds.skip(state["step"]), steps_per_epoch=chunk, epochs=1, verbose=0)
         state["train_seconds"] += time.time() - t
         state["step"] += chunk
         state["loss"].append([state["step"], float(hist.history["loss"][-1])])
         if not np.isfinite(hist.history["loss"][-1]):
-            logging.warning("%s: non-finite loss at step %d", name, state["step"])
-        t = time.time()
-        p, s, _ = evaluate(restore, td["test_y"], td["test_x"])
-        state["curve"].append([state["step"], float(np.mean(p)), float(np.mean(s))])
-        state["eval_seconds"] += time.time() - t
+            raise RuntimeError(f"{name}: non-finite loss by step {state['step']}; the cell stops (its last "
+                               f"checkpoint, if any, is in {ckpt}).")
+        curve_point()
         logging.info("%s: step %d/%d  loss %.3g  test PSNR %.2f dB  (%.1f min training)", name,
                      state["step"], steps, state["loss"][-1][1], state["curve"][-1][1],
                      state["train_seconds"] / 60)
         if state["step"] < steps:  # checkpoint for resumption
-            os.makedirs(ckpt, exist_ok=True)
-            backbone.save_weights(os.path.join(ckpt, "backbone.weights.h5"))
-            np.savez(os.path.join(ckpt, "optimizer.npz"),
-                     **{_var_key(v): np.asarray(v) for v in model.optimizer.variables})
-            _write_json(os.path.join(ckpt, "state.json"), state)
+            save_checkpoint(model, state, ckpt)
 
-    psnrs, ssims, preds = evaluate(restore, td["test_y"], td["test_x"])
-    backbone.save_weights(os.path.join(cell_dir, name + ".weights.h5"))
-    np.savez_compressed(os.path.join(cell_dir, name + ".npz"),
-                        **{n: p for n, p in zip(td["test_names"], preds)})
-    res = {"task": task_key, "method": method, "steps": steps, "eval_every": eval_every,
-           "batch_size": cfg["batch_size"], "patch_size": patch, "learning_rate": lr,
+    final = evaluate_on_test(model, td)["model"]
+    model.save(os.path.join(cell_dir, name + ".keras"))
+    save_predictions(os.path.join(cell_dir, name + ".npz"), td["test_names"],
+                     [evaluate.restore_array(model, y) for y in td["test_y"]])
+    res = {"task": task_key, "method": method, "objective": model.method, "steps": steps,
+           "eval_every": eval_every, "batch_size": cfg["batch_size"], "patch_size": patch, "learning_rate": lr,
            "num_train": num_train, "train_names": [os.path.splitext(os.path.basename(f))[0]
                                                    for f in td["train_y"]],
            "test_names": td["test_names"], "curve": state["curve"], "loss": state["loss"],
            "train_minutes": state["train_seconds"] / 60, "eval_minutes": state["eval_seconds"] / 60,
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **summary(psnrs, ssims)}
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **final}
     _write_json(os.path.join(cell_dir, name + ".json"), res)
     shutil.rmtree(ckpt, ignore_errors=True)
     return res
 
 
 # ------------------------------------------------------------------------------------
-# Report: tables and figures from the finished cells
+# Cached cells and the report
 # ------------------------------------------------------------------------------------
 
 def load_cells(cell_dir):
+    """Finished cells: {(task, method): result dict}."""
     cells = {}
     for path in glob.glob(os.path.join(cell_dir, "*__*.json")):
         r = json.load(open(path))
@@ -438,341 +499,39 @@ def load_partial(cell_dir):
     return out
 
 
-def _fmt(r, key="psnr"):
-    if r is None:
-        return "not run yet"
-    return f"{r[key + '_mean']:.{2 if key == 'psnr' else 4}f} ± {r[key + '_std']:.{2 if key == 'psnr' else 3}f}"
+def task_info(task_key):
+    """What the report shows of a task: label, methods, and facts of its physics."""
+    op = make_physics(task_key)
+    return {"label": TASKS[task_key]["label"], "methods": METHODS_PER_TASK[task_key], "upscale": op.upscale,
+            "baseline_name": op.baseline_name}
 
 
-def bars(cells, tasks):
-    """Checks the bars of issue #4 on the finished cells; a list of (bar, verdict, detail)."""
-    out = []
-    for t in tasks:
-        sei = cells.get((t, "sei"))
-        others = {m: cells.get((t, m)) for m in SELF_SUPERVISED if m in METHODS_PER_TASK[t]
-                  and m not in ("sei",)}
-        done = {m: r for m, r in others.items() if r is not None}
-        label = TASKS[t]["label"]
-        if sei is None:
-            out.append((f"{label}: SEI best self-supervised", "not run yet", ""))
-        else:
-            best_other = max(done.items(), key=lambda kv: kv[1]["psnr_mean"]) if done else None
-            missing = [m for m, r in others.items() if r is None]
-            if best_other is None:
-                verdict, detail = "not run yet", "no other self-supervised cell finished"
-            else:
-                ok = sei["psnr_mean"] > best_other[1]["psnr_mean"]
-                verdict = ("met" if ok else "NOT met") + (" (so far)" if missing else "")
-                detail = (f"SEI {sei['psnr_mean']:.2f} dB vs best other {METHOD_LABELS[best_other[0]]} "
-                          f"{best_other[1]['psnr_mean']:.2f} dB"
-                          + (f"; not run yet: {', '.join(missing)}" if missing else ""))
-            out.append((f"{label}: SEI best self-supervised", verdict, detail))
-        if t in GAP_BARS:
-            sup = cells.get((t, "supervised"))
-            name = f"{label}: SEI within {GAP_BARS[t]} dB of supervised"
-            if sei is None or sup is None:
-                out.append((name, "not run yet", ""))
-            else:
-                gap = sup["psnr_mean"] - sei["psnr_mean"]
-                out.append((name, "met" if gap <= GAP_BARS[t] else "NOT met", f"gap {gap:+.2f} dB"))
-        if "sei_nostop" in METHODS_PER_TASK[t]:
-            nos = cells.get((t, "sei_nostop"))
-            name = f"{label}: stop-gradient ablation shows an effect"
-            if sei is None or nos is None:
-                out.append((name, "not run yet", ""))
-            else:
-                d = sei["psnr_mean"] - nos["psnr_mean"]
-                out.append((name, "met" if d > 0.05 else "NOT met",
-                            f"SEI with stop-gradient {d:+.2f} dB vs without"))
-    return out
-
-
-def write_tables(cells, cfg, tasks, results_dir, cell_key, partial=None):
-    import csv
-
-    partial = partial or {}
-
-    os.makedirs(results_dir, exist_ok=True)
-    rows = []
-    for t in tasks:
-        for m in ("baseline",) + tuple(METHODS_PER_TASK[t]):
-            r = cells.get((t, m))
-            rows.append({
-                "task": t, "method": m,
-                "status": "done" if r is not None else (
-                    f"running (step {partial[(t, m)]['step']})" if (t, m) in partial else "not run yet"),
-                "psnr_mean": f"{r['psnr_mean']:.3f}" if r else "", "psnr_std": f"{r['psnr_std']:.3f}" if r else "",
-                "ssim_mean": f"{r['ssim_mean']:.4f}" if r else "", "ssim_std": f"{r['ssim_std']:.4f}" if r else "",
-                "paper_psnr": PAPER_PSNR.get(t, {}).get(m, ""),
-                "steps": r.get("steps", "") if r else "", "batch_size": r.get("batch_size", "") if r else "",
-                "patch_size": r.get("patch_size", "") if r else "",
-                "learning_rate": r.get("learning_rate", "") if r else "",
-                "train_minutes": f"{r['train_minutes']:.1f}" if r and "train_minutes" in r else "",
-                "eval_minutes": f"{r['eval_minutes']:.1f}" if r and "eval_minutes" in r else "",
-                "backbone": cfg["backbone"] + json.dumps(cfg["backbone_args"], sort_keys=True) if m != "baseline" else "",
-            })
-    with open(os.path.join(results_dir, "quality.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-    any_cell = next((r for r in cells.values() if r["method"] != "baseline"), None)
-    n_train = any_cell["num_train"] if any_cell else "?"
-    test_names = next(iter(cells.values()))["test_names"] if cells else []
-    L = ["# Quality benchmark (issue #4)", "",
-         "Generated by `benchmarks/quality.py` from the finished cells "
-         f"(cell set `{cell_key}`); cells marked *not run yet* have not finished.", "",
-         "## Protocol", "",
-         f"- Data: {'the default real photographs (scikit-image colour photographs + mate-backgrounds nature photographs)' if not FLAGS.ground_truth_dir else FLAGS.ground_truth_dir}, "
-         f"shorter side {cfg['shorter_side']} px; {n_train} training images, {len(test_names)} test images "
-         f"({', '.join(test_names)}), split fixed in the code.",
-         f"- Measurements: simulated once, noise sigma {NOISE_SIGMA:g}/255, fixed noise seed per image.",
-         f"- Backbone: `{cfg['backbone']}` {json.dumps(cfg['backbone_args'], sort_keys=True)}, same initial weights "
-         f"(seed {cfg['seed']}) for all methods.",
-         f"- Budget per cell: {cfg['steps'] if cfg['steps'] is not None else str(cfg['epochs']) + ' epochs'} steps, batch "
-         f"{cfg['batch_size']}, patches {cfg['patch_size']} measurement px ({cfg['patch_size_x4']} for SR x4), "
-         f"{cfg['schedule']}, learning rate {cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (deblurring).",
-         "- Evaluation: full test images, outputs clamped and quantised to 8 bits, PSNR (dB) / SSIM on the "
-         "BT.601 luma channel, mean ± std over the test images.",
-         "- Minutes: wall-clock training time of the cell on this machine's CPU (2 shared cores, no GPU; "
-         "other jobs ran concurrently, so times are indicative), evaluation time separate.", ""]
-    for t in tasks:
-        L += [f"## {TASKS[t]['label']}", "",
-              "| Method | PSNR (dB) | vs baseline | SSIM | Paper PSNR (DIV2K, SwinIR, GPU) | train min | steps |",
-              "|---|---|---|---|---|---|---|"]
-        for m in ("baseline",) + tuple(METHODS_PER_TASK[t]):
-            r = cells.get((t, m))
-            paper = PAPER_PSNR.get(t, {}).get(m)
-            minutes = f"{r['train_minutes']:.1f}" if r and "train_minutes" in r else ""
-            steps = str(r["steps"]) if r and "steps" in r else ""
-            b = cells.get((t, "baseline"))
-            delta = f"{r['psnr_mean'] - b['psnr_mean']:+.2f}" if r and b and m != "baseline" else ""
-            shown = _fmt(r)
-            if r is None and (t, m) in partial:
-                c = partial[(t, m)]["curve"][-1]
-                shown = f"not finished (step {c[0]}: {c[1]:.2f})"
-            L.append(f"| {METHOD_LABELS[m]} | {shown} | {delta} | {_fmt(r, 'ssim') if r else ''} | "
-                     f"{paper if paper is not None else '-'} | {minutes} | {steps} |")
-        L.append("")
-    L += ["## Per-image PSNR (dB)", "",
-          "The standard deviations above are dominated by differences between images; "
-          "paired differences per image say more about differences between methods.", ""]
-    for t in tasks:
-        done = [m for m in ("baseline",) + tuple(METHODS_PER_TASK[t]) if (t, m) in cells]
-        if len(done) < 2:
-            continue
-        names = cells[(t, done[0])]["test_names"]
-        L += [f"**{TASKS[t]['label']}**", "", "| Method | " + " | ".join(names) + " | SEI minus it (mean ± std) |",
-              "|---|" + "---|" * (len(names) + 1)]
-        sei = cells.get((t, "sei"))
-        for m in done:
-            r = cells[(t, m)]
-            diff = ""
-            if sei is not None and m != "sei":
-                d = [a - b for a, b in zip(sei["psnr"], r["psnr"])]
-                mean = sum(d) / len(d)
-                sd = (sum((v - mean) ** 2 for v in d) / len(d)) ** 0.5
-                diff = f"{mean:+.2f} ± {sd:.2f} (SEI higher on {sum(v > 0 for v in d)}/{len(d)})"
-            L.append(f"| {METHOD_LABELS[m]} | " + " | ".join(f"{v:.2f}" for v in r["psnr"]) + f" | {diff} |")
-        L.append("")
-    L += ["## Bars of issue #4", "", "| Bar | Verdict | Detail |", "|---|---|---|"]
-    for name, verdict, detail in bars(cells, tasks):
-        L.append(f"| {name} | {verdict} | {detail} |")
-    notes = []
-    for t in tasks:
-        sei, sup = cells.get((t, "sei")), cells.get((t, "supervised"))
-        if sei and sup and sup.get("train_minutes"):
-            c = sup["curve"]
-            tail = c[-1][1] - c[len(c) // 2][1] if len(c) > 2 else float("nan")
-            notes.append(f"{TASKS[t]['label']}: an SEI step took {sei['train_minutes'] / sup['train_minutes']:.1f}x "
-                         f"the wall-clock time of a supervised step; supervised test PSNR changed by "
-                         f"{tail:+.2f} dB over the second half of its steps.")
-    if notes:
-        L += ["", "Budget caveat: every method gets the same number of steps, not the same compute, and the "
-              "budget is short. SEI does three network passes per step (SURE's two plus the equivariance "
-              "pass), supervised one, so at equal steps SEI has spent more compute, and its equivariance "
-              "term adds a scale-augmented training pair per patch. A supervised result below SEI here "
-              "says the CPU budget stops supervised training early; it is not a claim that SEI beats "
-              "supervised training at convergence (the paper finds them close)."] + [f"- {n}" for n in notes]
-    L += ["", "The paper's numbers (SwinIR, 500 epochs on 800 DIV2K images, GPU) are given for orientation "
-          "only: data, backbone and budget differ, so absolute values are not comparable.", "",
-          "Figures: `learning_curves.png` (test PSNR vs step), `visual.png` (crops), `spectra.png` "
-          "(radially averaged power spectra).", ""]
-    with open(os.path.join(results_dir, "quality.md"), "w") as fh:
-        fh.write("\n".join(L))
-
-
-def _luma(img):
+def report(cfg, tasks, cell_dir, data_dirs, results_dir, cell_key):
     import numpy as np
 
-    img = np.asarray(img, np.float64)
-    if img.dtype != np.float64 or img.max() > 1.5:
-        img = img / 255.0
-    return 16 / 255 + img @ (np.array([65.481, 128.553, 24.966]) / 255)
-
-
-def radial_spectrum(img):
-    """Radially averaged power spectrum of an image's luma (Hann window)."""
-    import numpy as np
-
-    y = _luma(img)
-    y = y - y.mean()
-    h, w = y.shape
-    win = np.outer(np.hanning(h), np.hanning(w))
-    p = np.abs(np.fft.fftshift(np.fft.fft2(y * win))) ** 2
-    yy, xx = np.indices((h, w))
-    r = np.hypot((yy - h / 2) / h, (xx - w / 2) / w)  # cycles per pixel
-    bins = np.linspace(0, 0.5, 65)
-    idx = np.digitize(r.ravel(), bins)
-    spec = np.array([p.ravel()[idx == i].mean() if np.any(idx == i) else np.nan for i in range(1, len(bins))])
-    return 0.5 * (bins[1:] + bins[:-1]), spec
-
-
-def write_figures(cells, tasks, cell_dir, data_dirs, results_dir, partial=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from sei_tf import data
-
-    colors = {"supervised": "k", "css": "tab:purple", "sure": "tab:orange", "ei_shift": "tab:olive",
-              "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink"}
-
-    # Learning curves.
-    ncols = min(2, len(tasks))
-    nrows = (len(tasks) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.4 * nrows), squeeze=False)
-    for ax in axes.ravel()[len(tasks):]:
-        ax.set_visible(False)
-    for ax, t in zip(axes.ravel(), tasks):
-        for m in METHODS_PER_TASK[t]:
-            r = cells.get((t, m))
-            if r is None and (t, m) in (partial or {}):
-                c = np.array(partial[(t, m)]["curve"])
-                ax.plot(c[:, 0], c[:, 1], color=colors[m], ls="--", marker=".",
-                        label=f"{METHOD_LABELS[m]} (unfinished, step {int(c[-1, 0])})")
-                continue
-            if r is None:
-                ax.plot([], [], color=colors[m], label=f"{METHOD_LABELS[m]} (not run yet)", ls=":")
-                continue
-            c = np.array(r["curve"])
-            ax.plot(c[:, 0], c[:, 1], color=colors[m], label=METHOD_LABELS[m], marker=".")
-        b = cells.get((t, "baseline"))
-        if b is not None:
-            ax.axhline(b["psnr_mean"], color="gray", ls="--", label="Non-learned baseline")
-        finished = [cells[(t, m)]["steps"] for m in METHODS_PER_TASK[t] if (t, m) in cells]
-        finished += [p["curve"][-1][0] for k, p in (partial or {}).items() if k[0] == t]
-        ax.set_xlim(0, max(finished) if finished else 1)
-        ax.set_title(TASKS[t]["label"])
-        ax.set_xlabel("training step")
-        ax.set_ylabel("test PSNR (dB, luma)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(results_dir, "learning_curves.png"), dpi=110)
-    plt.close(fig)
-
-    def preds(t, m):
-        p = os.path.join(cell_dir, f"{t}__{m}.npz")
+    def predictions(task, method):
+        p = os.path.join(cell_dir, f"{task}__{method}.npz")
         return np.load(p) if os.path.isfile(p) else None
 
-    # Visual comparison: the same crop of one test image for each task.
-    cols = [("measurement", "Measurement"), ("baseline", "Baseline"), ("sure", "SURE"),
-            ("ei", "EI"), ("sei", "SEI"), ("supervised", "Supervised"), ("gt", "Ground truth")]
-    shown = [t for t in tasks if t in data_dirs]
-    if shown:
-        fig, axes = plt.subplots(len(shown), len(cols), figsize=(2.1 * len(cols), 2.3 * len(shown)),
-                                 squeeze=False)
-        for row, t in zip(axes, shown):
-            dd = data_dirs[t]
-            i = dd["test_names"].index(VISUAL_NAME) if VISUAL_NAME in dd["test_names"] else 0
-            name, x, y = dd["test_names"][i], dd["test_x"][i], dd["test_y"][i]
-            f = TASKS[t].get("factor", 1)
-            h, w = x.shape[:2]
-            size = min(96, h, w) // 4 * 4 or min(h, w)
-            r0, c0 = (h - size) // 2, (w - size) // 2
-            for ax, (key, label) in zip(row, cols):
-                img, info = None, ""
-                if key == "gt":
-                    img = x
-                elif key == "measurement":
-                    img = np.clip(y[r0 // f:(r0 + size) // f, c0 // f:(c0 + size) // f], 0, 1)
-                    img = np.kron(img, np.ones((f, f, 1))) if f > 1 else img
-                else:
-                    if key == "ei":
-                        m = "ei_shift" if (t, "ei_shift") in cells or (t, "ei_rotate") not in cells else "ei_rotate"
-                        label = METHOD_LABELS[m] if m in METHODS_PER_TASK[t] else "EI"
-                    else:
-                        m = key
-                    r = cells.get((t, m))
-                    p = preds(t, m)
-                    if r is not None and p is not None and name in p:
-                        img = p[name] / 255.0
-                        info = f"\n{r['psnr'][i]:.2f} dB"
-                if img is not None and key != "measurement":
-                    img = img[r0:r0 + size, c0:c0 + size]
-                if img is None:
-                    ax.text(0.5, 0.5, "not run yet" if m in METHODS_PER_TASK[t] else "n/a",
-                            ha="center", va="center", fontsize=8)
-                else:
-                    ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.set_title(label + info, fontsize=8)
-            row[0].set_ylabel(f"{TASKS[t]['label']}\n{name}", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "visual.png"), dpi=110)
-        plt.close(fig)
-
-    # Radially averaged power spectra (averaged over the test images), SR x2 and Gaussian blur.
-    spec_tasks = [t for t in ("sr_x2", "gaussian_2") if t in data_dirs] or list(data_dirs)[:1]
-    if spec_tasks:
-        fig, axes = plt.subplots(1, len(spec_tasks), figsize=(5.8 * len(spec_tasks), 4.4), squeeze=False)
-        for ax, spec_task in zip(axes[0], spec_tasks):
-            dd = data_dirs[spec_task]
-            base_label = "Bicubic baseline" if TASKS[spec_task]["task"] == "sr" else "Measurement (= baseline)"
-            curves = [("Ground truth", [np.asarray(x) for x in dd["test_x"]], "k", "-")]
-            for m, label, col, ls in (("baseline", base_label, "gray", "--"),
-                                      ("sure", "SURE", "tab:orange", "-"), ("sei", "SEI", "tab:red", "-"),
-                                      ("supervised", "Supervised", "tab:blue", ":")):
-                p = preds(spec_task, m)
-                curves.append((label, [p[n] / 255.0 for n in dd["test_names"]] if p is not None else None,
-                               col, ls) if p is not None else (label + " (not run yet)", None, col, ls))
-            for label, imgs, col, ls in curves:
-                if imgs is None:
-                    ax.plot([], [], color=col, ls=ls, label=label)
-                    continue
-                specs = [radial_spectrum(im) for im in imgs]
-                ax.semilogy(specs[0][0], np.nanmean([sp for _, sp in specs], axis=0), color=col, ls=ls,
-                            label=label)
-            ax.set_xlabel("spatial frequency (cycles / pixel)")
-            ax.set_ylabel("power (luma, mean over test images)")
-            ax.set_title(f"Radially averaged power spectrum, {TASKS[spec_task]['label']}", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "spectra.png"), dpi=110)
-        plt.close(fig)
-    del data
-
-
-def report(cells, cfg, tasks, cell_dir, data_dirs, results_dir, cell_key):
-    partial = load_partial(cell_dir)
-    write_tables(cells, cfg, tasks, results_dir, cell_key, partial)
-    write_figures(cells, tasks, cell_dir, data_dirs, results_dir, partial)
-    with open(os.path.join(results_dir, "quality.json"), "w") as fh:
-        json.dump({"config": cfg, "cell_set": cell_key,
-                   "cells": [{k: v for k, v in r.items()} for r in cells.values()]}, fh, indent=1)
+    quality_report.write_report(
+        results_dir, load_cells(cell_dir), load_partial(cell_dir), cfg, {t: task_info(t) for t in tasks},
+        cell_key, FLAGS.ground_truth_dir or DEFAULT_DATA_LABEL, data_dirs, predictions)
     logging.info("Report written to %s", results_dir)
 
 
 # ------------------------------------------------------------------------------------
 
+def method_key(name):
+    """The cell key of a method given by its key or by its objective preset name."""
+    by_preset = {preset: key for key, preset in METHODS.items()}
+    return name if name in METHODS else by_preset.get(name, name)
+
+
 def main(argv):
     del argv
+    methods = [method_key(m) for m in FLAGS.methods]
     unknown = [t for t in FLAGS.tasks if t not in TASKS]
-    bad = [m for m in FLAGS.methods if m not in ALL_METHODS]
+    bad = [m for m in methods if m not in METHODS]
     if unknown or bad:
         raise app.UsageError(f"Unknown tasks {unknown} or methods {bad}.")
     cfg = resolve_config()
@@ -785,9 +544,7 @@ def main(argv):
     except MissingData as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    data_key = short_hash({"sources": sorted(os.path.basename(f) for f in sources), "test": sorted(test),
-                           "gt_dir": os.path.abspath(FLAGS.ground_truth_dir) if FLAGS.ground_truth_dir else None})
-    cell_key = f"{cfg['preset']}-{short_hash({'cfg': cfg, 'data': data_key})}"
+    data_key, cell_key = cell_set_key(cfg, sources, test, FLAGS.ground_truth_dir)
     cell_dir = os.path.join(FLAGS.cache_dir, "cells", cell_key)
     os.makedirs(cell_dir, exist_ok=True)
     _write_json(os.path.join(cell_dir, "config.json"), {"config": cfg, "data": data_key})
@@ -798,10 +555,10 @@ def main(argv):
     report_tasks = [t for t in TASKS if t in tasks or any(k[0] == t for k in load_cells(cell_dir))]
     data_dirs = {t: prepare_task(t, sources, test, cfg, FLAGS.cache_dir) for t in report_tasks}
     for t in report_tasks:
-        baseline_cell(t, data_dirs[t], cell_dir)
+        baseline_cell(t, data_dirs[t], cfg, cell_dir)
 
-    todo = [c for c in PRIORITY if c[0] in tasks and c[1] in FLAGS.methods]
-    todo += [(t, m) for t in tasks for m in METHODS_PER_TASK[t] if m in FLAGS.methods and (t, m) not in todo]
+    todo = [c for c in PRIORITY if c[0] in tasks and c[1] in methods]
+    todo += [(t, m) for t in tasks for m in METHODS_PER_TASK[t] if m in methods and (t, m) not in todo]
     if not FLAGS.report_only:
         for t, m in todo:
             done = os.path.isfile(os.path.join(cell_dir, f"{t}__{m}.json"))
@@ -813,8 +570,8 @@ def main(argv):
             r = train_cell(t, m, data_dirs[t], cfg, cell_dir)
             logging.info("%s / %s: PSNR %.2f ± %.2f dB, SSIM %.4f (%.1f min)", t, m, r["psnr_mean"],
                          r["psnr_std"], r["ssim_mean"], r["train_minutes"])
-            report(load_cells(cell_dir), cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
-    report(load_cells(cell_dir), cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
+            report(cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
+    report(cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
     return 0
 
 

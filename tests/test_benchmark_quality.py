@@ -1,16 +1,18 @@
-"""Smoke test of the quality benchmark (benchmarks/quality.py) on tiny data and budgets."""
+"""Smoke tests of the quality benchmark: the experiment (benchmarks/quality.py) on tiny data
+and budgets, and the report (benchmarks/quality_report.py) on the committed results."""
 
 import csv
 import json
 import os
 import sys
 
-import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "benchmarks", "quality.py")
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
 OUTPUTS = ("quality.md", "quality.csv", "quality.json", "learning_curves.png", "visual.png", "spectra.png")
+# Committed results folders written by quality.py.
+COMMITTED = (os.path.join(BENCHMARKS, "results"), os.path.join(BENCHMARKS, "results", "supervised_3x"))
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +31,25 @@ def tiny_photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quality():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    if BENCHMARKS not in sys.path:
+        sys.path.insert(0, BENCHMARKS)
     import quality as module
 
     return module
 
 
-def _run(quality, args, tmp_path):
+@pytest.fixture(scope="module")
+def quality_report(quality):
+    import quality_report as module
+
+    return module
+
+
+def _run(quality, args, tmp_path, cache="cache"):
     """Runs the benchmark in this process (saves the TensorFlow start-up of a subprocess)."""
     flags = quality.FLAGS
     flags.unparse_flags()
-    flags(["quality.py", f"--results_dir={tmp_path / 'results'}", f"--cache_dir={tmp_path / 'cache'}", *args])
+    flags(["quality.py", f"--results_dir={tmp_path / 'results'}", f"--cache_dir={tmp_path / cache}", *args])
     try:
         assert quality.main([]) == 0
     finally:
@@ -52,10 +62,19 @@ def _check_outputs(results):
         assert path.is_file() and path.stat().st_size > 0, name
 
 
+def _cell_dir(tmp_path, cache="cache"):
+    (cells,) = list((tmp_path / cache / "cells").iterdir())
+    return cells
+
+
+TINY = ["--test_names=coffee", "--shorter_side=48", "--steps=2", "--eval_every=1", "--batch_size=2",
+        "--patch_size=12", "--features=8", "--num_blocks=1"]
+
+
 def test_cpu_budget_two_methods_and_cache(quality, tiny_photos, tmp_path):
-    args = [f"--ground_truth_dir={tiny_photos}", "--test_names=coffee", "--shorter_side=48",
-            "--tasks=sr_x2", "--methods=supervised,sei", "--steps=2", "--eval_every=1",
-            "--batch_size=2", "--patch_size=12", "--features=8", "--num_blocks=1"]
+    from sei_tf import evaluate, loading
+
+    args = [f"--ground_truth_dir={tiny_photos}", *TINY, "--tasks=sr_x2", "--methods=supervised,sei"]
     _run(quality, args, tmp_path)
     results = tmp_path / "results"
     _check_outputs(results)
@@ -72,8 +91,20 @@ def test_cpu_budget_two_methods_and_cache(quality, tiny_photos, tmp_path):
     assert [s for s, _, _ in sei["curve"]] == [0, 1, 2]
     assert "coffee" not in sei["train_names"] and sei["test_names"] == ["coffee"]
 
+    # The finished cell is a model that sei_tf loads; the library's evaluation of it
+    # gives the cell's numbers.
+    cells = _cell_dir(tmp_path)
+    model = loading.load_model(str(cells / "sr_x2__sei.keras"))
+    assert model.method == "sei" and model.physics.upscale == 2 and model.physics.noise_sigma == 5.0
+    td = quality.prepare_task("sr_x2", *quality.user_sources(tiny_photos, ["coffee"]), report["config"],
+                              str(tmp_path / "cache"))
+    rows = evaluate.evaluate(model, zip(td["test_names"], td["test_y"], td["test_x"]))
+    assert [r["psnr"] for r in rows if r["method"] == "model"] == pytest.approx(sei["psnr"], abs=1e-4)
+    assert [r["psnr"] for r in rows if r["method"] == "baseline"] == pytest.approx(
+        next(c for c in report["cells"] if c["method"] == "baseline")["psnr"], abs=1e-4)
+
     # Finished cells are kept: a rerun trains nothing and reports the same numbers.
-    cell_files = list((tmp_path / "cache" / "cells").glob("*/sr_x2__*.json"))
+    cell_files = list(cells.glob("sr_x2__*.json"))
     mtimes = {p: p.stat().st_mtime_ns for p in cell_files}
     _run(quality, args, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in cell_files} == mtimes
@@ -82,36 +113,54 @@ def test_cpu_budget_two_methods_and_cache(quality, tiny_photos, tmp_path):
     assert again == {m: r["psnr_mean"] for m, r in done.items()}
 
 
-def test_resume_from_checkpoint(quality, tiny_photos, tmp_path):
-    """A cell interrupted after a checkpoint resumes at its step, not from zero."""
-    args = [f"--ground_truth_dir={tiny_photos}", "--test_names=coffee", "--shorter_side=48",
-            "--tasks=gaussian_2", "--methods=sure", "--steps=2", "--eval_every=1",
-            "--batch_size=2", "--patch_size=12", "--features=8", "--num_blocks=1"]
-    _run(quality, args, tmp_path)
-    cells = [d for d in (tmp_path / "cache" / "cells").iterdir()][0]
-    res = json.load(open(cells / "gaussian_2__sure.json"))
-    # Fake an interruption after step 1: a checkpoint and no final result.
-    os.remove(cells / "gaussian_2__sure.json")
-    partial = cells / "gaussian_2__sure.partial"
-    partial.mkdir()
-    import keras
-    from sei_tf import models, training, physics
+class Interrupted(Exception):
+    pass
 
-    backbone = models.build("cnn", 1, 3, features=8, num_blocks=1)
-    model = training.SEIModel(backbone, physics.Blur("gaussian:2", 5.0), method="sure")
-    model.compile(optimizer=keras.optimizers.Adam(training.DelayedLinearDecay(5e-4, 2)))
-    model.optimizer.build(backbone.trainable_variables)
-    backbone.save_weights(str(partial / "backbone.weights.h5"))
-    np.savez(partial / "optimizer.npz", **{v.path.replace("/", "|"): np.asarray(v) for v in model.optimizer.variables})
+
+def test_resume_ends_as_uninterrupted(quality, tiny_photos, tmp_path, monkeypatch):
+    """A cell killed after a checkpoint resumes at its step and ends with the uninterrupted result."""
+    import keras
+
+    # Patches of 16 px: SURE leaves out the 6-px border of the 13x13 Gaussian kernel.
+    args = [f"--ground_truth_dir={tiny_photos}", *TINY, "--steps=3", "--patch_size=16", "--tasks=gaussian_2",
+            "--methods=sure"]
+    _run(quality, args, tmp_path, cache="whole")
+    whole = json.load(open(_cell_dir(tmp_path, "whole") / "gaussian_2__sure.json"))
+
+    # The same cell, killed right after its checkpoint at step 2.
+    save = quality.save_checkpoint
+
+    def save_then_die(model, state, ckpt):
+        save(model, state, ckpt)
+        if state["step"] == 2:
+            raise Interrupted()
+
+    monkeypatch.setattr(quality, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        _run(quality, args, tmp_path, cache="cut")
+    monkeypatch.setattr(quality, "save_checkpoint", save)
+    cells = _cell_dir(tmp_path, "cut")
+    partial = cells / "gaussian_2__sure.partial"
+    assert not (cells / "gaussian_2__sure.json").exists()
+    # The checkpoint is the library's: a saved SEIModel with its optimizer state.
+    saved = keras.saving.load_model(str(partial / "model.keras"))
+    assert int(saved.optimizer.iterations) == 2 and saved.method == "sure"
+    state = json.load(open(partial / "state.json"))
+    assert state["step"] == 2 and [c[0] for c in state["curve"]] == [0, 1, 2]
     sentinel = [1, 99.0, 0.99]  # a curve point only the checkpoint holds
-    state = {"step": 1, "curve": [res["curve"][0], sentinel], "train_seconds": 60.0, "eval_seconds": 0.0,
-             "loss": res["loss"][:1]}
+    state["curve"][1] = sentinel
+    state["train_seconds"] = 60.0
     json.dump(state, open(partial / "state.json", "w"))
-    _run(quality, args, tmp_path)
-    res2 = json.load(open(cells / "gaussian_2__sure.json"))
-    assert [s for s, _, _ in res2["curve"]] == [0, 1, 2]
-    assert res2["curve"][1] == sentinel and res2["train_minutes"] >= 1.0
+
+    _run(quality, args, tmp_path, cache="cut")
+    resumed = json.load(open(cells / "gaussian_2__sure.json"))
     assert not partial.exists()
+    assert [s for s, _, _ in resumed["curve"]] == [0, 1, 2, 3]
+    assert resumed["curve"][1] == sentinel and resumed["train_minutes"] >= 1.0  # resumed, not restarted
+    # Same weights, optimizer state, step seeds and data stream: the same result.
+    assert resumed["psnr"] == pytest.approx(whole["psnr"], abs=1e-4)
+    assert resumed["ssim"] == pytest.approx(whole["ssim"], abs=1e-6)
+    assert [v for _, v in resumed["loss"]] == pytest.approx([v for _, v in whole["loss"]], rel=1e-5)
 
 
 def test_paper_preset_one_step(quality, tiny_photos, tmp_path):
@@ -129,7 +178,98 @@ def test_paper_preset_one_step(quality, tiny_photos, tmp_path):
     assert sei["steps"] == 1 and sei["patch_size"] == 48 and sei["batch_size"] == 8
 
 
+def test_patch_too_small_for_the_kernel(quality, tiny_photos, tmp_path):
+    """A patch with no interior left once SURE's border is removed is refused before training."""
+    from sei_tf.errors import PhysicsError
+
+    args = [f"--ground_truth_dir={tiny_photos}", *TINY, "--tasks=gaussian_2", "--methods=sure"]
+    with pytest.raises(PhysicsError, match="training patch"):
+        _run(quality, args, tmp_path)
+    assert not list(_cell_dir(tmp_path).glob("gaussian_2__sure*"))
+
+
 def test_missing_mate_backgrounds_message(quality, tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "MATE_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(quality.MissingData, match="apt-get install -y mate-backgrounds"):
         quality.default_sources(str(tmp_path))
+
+
+def test_tasks_are_physics_and_methods_are_presets(quality):
+    from sei_tf import losses, objectives, physics
+
+    ops = {t: quality.make_physics(t) for t in quality.TASKS}
+    assert {t: op.upscale for t, op in ops.items()} == {"sr_x2": 2, "sr_x4": 4, "gaussian_2": 1, "box_3": 1}
+    assert all(op.noise_sigma == quality.NOISE_SIGMA for op in ops.values())
+    assert not ops["sr_x2"].differences(physics.SuperResolution(2, noise_sigma=5.0))
+    assert not ops["box_3"].differences(physics.Blur("box:3", noise_sigma=5.0))
+    assert ops["gaussian_2"].differences(physics.Blur("gaussian:3", noise_sigma=5.0))
+    assert set(quality.METHODS.values()) <= set(objectives.PRESETS)
+    # The ablation keeps its cell key (cached files, result rows) and is also accepted by its preset name.
+    assert quality.METHODS["sei_nostop"] == "sei_no_stop_gradient"
+    assert quality.method_key("sei_no_stop_gradient") == "sei_nostop" and quality.method_key("sei") == "sei"
+    cfg = {"seed": 0, "backbone": "cnn", "backbone_args": {"features": 4, "num_blocks": 1}}
+    stops = {}
+    for m in ("sei", "sei_nostop"):
+        model = quality.build_model("sr_x2", m, cfg)
+        (eq,) = [t for t in model.objective if isinstance(t, losses.Equivariance)]
+        stops[m] = eq.stop_gradient
+    assert stops == {"sei": True, "sei_nostop": False}
+
+
+def test_cell_set_key_of_the_committed_results(quality):
+    """The default configuration still maps to the cell set of the committed results (cached cells stay valid)."""
+    from sei_tf import data
+
+    committed = json.load(open(os.path.join(COMMITTED[0], "quality.json")))
+    flags = quality.FLAGS
+    flags.unparse_flags()
+    flags(["quality.py"])
+    try:
+        cfg = quality.resolve_config()
+    finally:
+        flags.unparse_flags()
+    assert cfg == committed["config"]
+    sources = ([f"/src/{n}.png" for n in data.SAMPLE_NAMES]
+               + [f"/mate/{n}.jpg" for n in quality.MATE_NAMES])
+    assert quality.cell_set_key(cfg, sources, set(quality.TEST_NAMES))[1] == committed["cell_set"]
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=["results", "supervised_3x"])
+def test_report_reproduces_committed_tables(quality, quality_report, folder, tmp_path):
+    """Regenerating the tables from the committed cells gives the committed files, byte for byte."""
+    committed = json.load(open(os.path.join(folder, "quality.json")))
+    cells = {(c["task"], c["method"]): c for c in committed["cells"]}
+    tasks = {t: quality.task_info(t) for t in quality.TASKS if any(k[0] == t for k in cells)}
+    quality_report.write_report(str(tmp_path), cells, {}, committed["config"], tasks, committed["cell_set"],
+                                quality.DEFAULT_DATA_LABEL, {}, lambda task, method: None)
+    for name in ("quality.md", "quality.csv", "quality.json"):
+        assert open(tmp_path / name).read() == open(os.path.join(folder, name)).read(), name
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+
+
+def test_report_marks_unfinished_and_missing_cells(quality_report, tmp_path):
+    """The report alone, on made-up cells: finished, unfinished (checkpoint) and missing ones."""
+
+    def cell(method, psnr, names=("a", "b")):
+        return {"task": "t", "method": method, "psnr_mean": psnr, "psnr_std": 0.5, "ssim_mean": 0.9,
+                "ssim_std": 0.01, "psnr": [psnr - 0.5, psnr + 0.5], "ssim": [0.9, 0.9], "test_names": list(names),
+                "curve": [[0, 30.0, 0.8], [10, psnr, 0.9]], "steps": 10, "num_train": 3, "train_minutes": 1.0}
+
+    cells = {("t", "baseline"): cell("baseline", 30.0), ("t", "sure"): cell("sure", 31.0),
+             ("t", "sei"): cell("sei", 30.5)}
+    partial = {("t", "supervised"): {"step": 5, "curve": [[0, 30.0, 0.8], [5, 33.25, 0.95]]}}
+    tasks = {"t": {"label": "Task T", "methods": ("supervised", "sure", "sei", "css"), "upscale": 1,
+                   "baseline_name": "blurred input"}}
+    cfg = {"backbone": "cnn", "backbone_args": {}, "shorter_side": 64, "noise_sigma": 5.0, "seed": 0, "steps": 10,
+           "epochs": None, "batch_size": 2, "patch_size": 8, "patch_size_x4": 8, "schedule": "s", "lr_sr": 1e-3,
+           "lr_deblur": 1e-3}
+    quality_report.write_report(str(tmp_path), cells, partial, cfg, tasks, "cpu-x", "my photos", {},
+                                lambda task, method: None)
+    status = {r["method"]: r["status"] for r in csv.DictReader(open(tmp_path / "quality.csv"))}
+    assert status == {"baseline": "done", "supervised": "running (step 5)", "sure": "done", "sei": "done",
+                      "css": "not run yet"}
+    md = open(tmp_path / "quality.md").read()
+    assert "not finished (step 5: 33.25)" in md and "| CSS | not run yet |" in md and "my photos" in md
+    # SEI below SURE here: the bar says so, and that CSS has not run.
+    assert "| Task T: SEI best self-supervised | NOT met (so far) | SEI 30.50 dB vs best other SURE 31.00 dB" in md
+    assert "SEI minus it" in md and "-0.50 ± 0.00 (SEI higher on 0/2)" in md
