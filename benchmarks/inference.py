@@ -141,7 +141,7 @@ def _measure():
 
 
 def _make_models(name):
-    from export import demo, onnx_export
+    from export import onnx_export, random_models
 
     os.makedirs(FLAGS.workdir, exist_ok=True)
     if name == "cnn":
@@ -153,7 +153,7 @@ def _make_models(name):
         sizes = {}
     keras_path = os.path.join(FLAGS.workdir, f"bench_{name}_x{FLAGS.scale}.keras")
     onnx_path = os.path.join(FLAGS.workdir, f"bench_{name}_x{FLAGS.scale}.onnx")
-    demo.make_model(keras_path, name, "sr", scale=FLAGS.scale, **sizes)
+    random_models.make_model(keras_path, name, "sr", scale=FLAGS.scale, **sizes)
     report = onnx_export.export(keras_path, onnx_path, log=lambda *_: None)
     return keras_path, onnx_path, sizes, report["parity_max_abs_error"]
 

@@ -2,14 +2,16 @@
 
 `export(model_path, output, opset=18, fp16=False)`:
 
-1. loads `RUN_DIR/model.keras` (an `SEIModel`, or a bare backbone);
+1. loads `RUN_DIR/model.keras` (an `SEIModel`, or a bare backbone) with
+   `sei_tf.loading.load_any`;
 2. converts `backbone(x)` with tf2onnx from a `tf.function` whose input
    signature is `(None, None, None, C)` float32, so batch, height and width
    stay dynamic; tf2onnx's `unk__NN` dimension names are renamed to
    `batch`, `height`, `width` (`out_height`, `out_width` on the output when
    the model upsamples); the graph's input and output are named `input`
    and `output`;
-3. writes `metadata_props` (see `serving/metadata.py`);
+3. writes `metadata_props` (see `serving/metadata.py`), all derived from the
+   model's physics object (`summary()`, `upscale`, `serialize`) and objective;
 4. runs `onnx.checker` and a parity check against the Keras model on a crop
    of a real photograph (scikit-image's astronaut) plus a batch of two at
    another size (checks the dynamic dimensions), and refuses to write the
@@ -30,6 +32,8 @@ import tempfile
 
 import numpy as np
 
+from sei_tf import loading
+from sei_tf.errors import SeiTfError
 from serving import metadata as md
 
 DEFAULT_OPSET = 18  # the highest opset tf2onnx 1.17 converts to
@@ -40,9 +44,13 @@ FP16_TOLERANCE = 2e-2
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 PARITY_IMAGE = "skimage.data.astronaut()[150:211, 170:217] (61x47 crop), converted to the model's channels"
+# RGB -> grey for 1-channel models: ITU-R BT.601 luma, Y = 0.299 R + 0.587 G + 0.114 B on [0, 1]
+# values (full range, as `sei_tf.simulate` converts ground truth to greyscale; sei_tf.metrics'
+# PSNR-Y uses the same weights scaled to the studio range [16, 235] / 255).
+BT601_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-class ExportError(RuntimeError):
+class ExportError(SeiTfError, RuntimeError):
     """The export failed; no output file was written."""
 
 
@@ -55,72 +63,54 @@ def parity_image(channels: int) -> np.ndarray:
 
 
 def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
-    """RGB float image -> `channels` channels (1: luminance; 3: as is; else cycled)."""
+    """RGB float image in [0, 1] -> `channels` channels (1: BT.601 luma; 3: as is; else cycled)."""
     if channels == 3:
         return np.ascontiguousarray(rgb)
     if channels == 1:
-        grey = rgb @ np.array([0.2125, 0.7154, 0.0721], np.float32)
+        grey = rgb @ BT601_LUMA
         return grey[..., None].astype(np.float32)
     return np.ascontiguousarray(rgb[..., [i % 3 for i in range(channels)]])
 
 
-def load_keras_model(model_path):
-    """Loads a saved model; returns (backbone, SEIModel or None)."""
-    import keras
-
-    import sei_tf.models  # noqa: F401  (registers the backbones)
-    import sei_tf.training  # noqa: F401  (registers SEIModel)
-    from sei_tf.training import SEIModel
-
-    if not os.path.exists(model_path):
-        raise ExportError(f"model file not found: {model_path}")
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as err:  # keras raises many types for a bad archive
-        raise ExportError(f"could not load Keras model {model_path}: {err}") from err
-    if isinstance(model, SEIModel):
-        return model.backbone, model
-    if hasattr(model, "upscale") and hasattr(model, "channels"):
-        return model, None
-    raise ExportError(f"{model_path} holds a {type(model).__name__}, not an SEIModel or a sei-tf backbone.")
-
-
 def build_metadata(backbone, sei_model, precision: str) -> dict:
-    """The metadata_props of the exported restorer (all values are strings)."""
+    """The metadata_props of the exported restorer (all values are strings).
+
+    Everything about the instrument comes from the physics object: the flat,
+    human-readable keys from `physics.summary()` and `upscale` (the keys that
+    serving and sei-tf 0.1 readers know), and the whole description as
+    `physics` (JSON of `sei_tf.physics.serialize`). A bare backbone (no
+    physics) gets task 'unknown', no kernel, noise 'unknown' and physics 'null'.
+    """
     import keras
 
     import sei_tf
+    from sei_tf import objectives, physics as physics_lib
 
-    physics = getattr(sei_model, "physics", None)
-    task = getattr(physics, "task", None) or "unknown"
-    if physics is not None and task == "sr":
-        scale = int(physics.factor)
-    else:
-        scale = int(backbone.upscale)
-    if scale != int(backbone.upscale):
-        raise ExportError(f"physics factor {scale} does not match the backbone's upscale {backbone.upscale}.")
-    kernel, kernel_array = "none", None
-    if task == "deblur":
-        kernel = str(physics.kernel_name)
-        kernel_array = np.asarray(physics.kernel).tolist()
+    op = getattr(sei_model, "physics", None)
+    summary = op.summary() if op is not None else {"task": "unknown", "upscale": int(backbone.upscale)}
+    if int(summary["upscale"]) != int(backbone.upscale):
+        raise ExportError(f"the physics ({op.describe()}) has upscale {summary['upscale']} but the backbone "
+                          f"upscales by {backbone.upscale}.")
+    noise_sigma = getattr(op, "noise_sigma", None)
     ctx = backbone.tile_context() if hasattr(backbone, "tile_context") else None
     serialized = keras.saving.serialize_keras_object(backbone)
     backbone_info = {"class": type(backbone).__name__, "module": type(backbone).__module__,
                      "config": serialized.get("config", {})}
     training = {}
     if sei_model is not None:
-        training = {k: getattr(sei_model, k) for k in
-                    ("method", "alpha", "stop_gradient", "scale_factors", "scale_kind", "tau", "seed")
-                    if hasattr(sei_model, k)}
-        training["physics"] = physics.describe() if physics is not None else None
+        training = {"method": sei_model.method, "objective": objectives.serialize(sei_model.objective),
+                    "objective_summary": objectives.describe(sei_model.objective), "seed": sei_model.seed}
     return {
         md.FORMAT_KEY: md.FORMAT_VERSION,
         "sei_tf_version": sei_tf.__version__,
-        "task": task,
-        "scale_factor": str(scale),
-        "kernel": kernel,
-        "kernel_array": json.dumps(kernel_array),
-        "noise_sigma": str(float(physics.noise_sigma)) if physics is not None else "unknown",
+        "task": str(summary["task"]),
+        "scale_factor": str(int(summary["upscale"])),
+        "kernel": str(summary.get("kernel", "none")),
+        "kernel_array": json.dumps(summary.get("kernel_array"), default=_json_default),
+        "noise_sigma": "unknown" if noise_sigma is None else str(float(noise_sigma)),
+        "noise": str(summary.get("noise", "unknown")),
+        "operator": str(summary.get("operator", "unknown")),
+        "physics": json.dumps(physics_lib.serialize(op) if op is not None else None, default=_json_default),
         "channels": str(int(backbone.channels)),
         "layout": "NHWC",
         "value_range": json.dumps([0.0, 1.0]),
@@ -253,10 +243,12 @@ def parity(model_bytes: bytes, backbone, channels: int):
 
 def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
            tolerance: float | None = None, log=print) -> dict:
-    """Exports `model_path` (.keras) to `output` (.onnx); returns a report dict.
+    """Exports `model_path` (.keras file or run folder) to `output` (.onnx); returns a report dict.
 
-    Raises `ExportError` (no file written) when anything fails, including a
-    parity error above `tolerance` (default 1e-4, or `FP16_TOLERANCE` for fp16).
+    Raises `sei_tf.loading.ModelError` when the model is missing or unreadable, and
+    `ExportError` when anything else fails, including a parity error (max abs error
+    on [0, 1] images) above `tolerance` (default 1e-4, or `FP16_TOLERANCE` for fp16).
+    Both are `SeiTfError`s; no file is written either way.
     """
     import onnx
 
@@ -269,7 +261,7 @@ def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
     if not os.path.isdir(out_dir):
         raise ExportError(f"output folder does not exist: {out_dir}")
 
-    backbone, sei_model = load_keras_model(model_path)
+    backbone, sei_model = loading.load_any(model_path)
     channels = int(backbone.channels)
     model_proto = convert(backbone, opset)
     if fp16:

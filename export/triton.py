@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 
+from sei_tf.errors import SeiTfError
+
 # ONNX TensorProto element type -> Triton DataType.
 ONNX_TO_TRITON = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
                   6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
@@ -26,8 +28,8 @@ PLATFORM = "onnxruntime_onnx"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class TritonError(RuntimeError):
-    pass
+class TritonError(SeiTfError, RuntimeError):
+    """The repository cannot be written (bad name or batch size, invalid ONNX file, existing files)."""
 
 
 def _tensor_spec(value, batched: bool):

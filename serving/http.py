@@ -21,20 +21,23 @@ exposing it.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 import threading
 from typing import Literal
 
 import numpy as np
+from absl import app, flags
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as _StarletteHTTPException
 
+from sei_tf import cli
 from serving import images
 from serving.restorer import InputError, Restorer
 
+FLAGS = flags.FLAGS
 log = logging.getLogger("serving.http")
 
 DEFAULT_MAX_UPLOAD_MB = 32.0
@@ -148,37 +151,38 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
     return BodyLimitMiddleware(app, max_upload_bytes)
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m serving.http", description="HTTP service for a sei-tf restorer.")
-    p.add_argument("--model", required=True, help="exported restorer (.onnx)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: whole image)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--max_upload_mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload (MiB)")
-    p.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest input image (pixels)")
-    p.add_argument("--max_concurrency", type=int, default=2, help="restorations running at once")
-    p.add_argument("--log_level", default="info")
-    return p
+def define_flags(flag_values=FLAGS):
+    """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model", None, "Exported restorer (.onnx).", **fv)
+    flags.DEFINE_string("host", "127.0.0.1", "Bind address (default: loopback only).", **fv)
+    flags.DEFINE_integer("port", 8000, "TCP port.", **fv)
+    flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"],
+                      "auto: TensorRT, then CUDA, then CPU; cuda fails unless a GPU provider loads.", **fv)
+    flags.DEFINE_integer("tile", 512, "Tile size in input pixels (0: the whole image at once).", **fv)
+    flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's).", **fv)
+    flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest upload, MiB (larger: 413).", **fv)
+    flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Largest input image, pixels (larger: 413).", **fv)
+    flags.DEFINE_integer("max_concurrency", 2, "Restorations running at once (the others wait).", **fv)
+    flags.DEFINE_string("log_level", "info", "uvicorn log level (critical, error, warning, info, debug, trace).",
+                        **fv)
+    flags.mark_flags_as_required(["model"], flag_values=flag_values)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv):
+    """Loads --model and serves it until interrupted."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     import uvicorn
 
-    from serving.restorer import RestorerError
-
-    try:
-        restorer = Restorer(args.model, device=args.device, tile=args.tile or None, threads=args.threads)
-    except (RestorerError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
-    app = create_app(restorer, max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                     max_concurrency=args.max_concurrency)
-    print(f"serving {restorer!r} on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads)
+    service = create_app(restorer, max_upload_bytes=int(FLAGS.max_upload_mb * 2**20), max_pixels=FLAGS.max_pixels,
+                         max_concurrency=FLAGS.max_concurrency)
+    print(f"serving {restorer!r} on http://{FLAGS.host}:{FLAGS.port}", flush=True)
+    uvicorn.run(service, host=FLAGS.host, port=FLAGS.port, log_level=FLAGS.log_level)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(sys.modules[__name__])

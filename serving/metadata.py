@@ -2,14 +2,22 @@
 
 Stored as ONNX `metadata_props` (string key -> string value), read back with
 onnxruntime's `session.get_modelmeta().custom_metadata_map` (no `onnx` or
-TensorFlow import needed). Structured values (backbone, training, kernel) are
-JSON strings.
+TensorFlow import needed). Structured values (backbone, training, kernel,
+physics) are JSON strings.
+
+Format 1 is read as written by every sei-tf version so far. Keys were only ever
+added to it (0.2 added `physics`, `operator` and `noise`, and writes the
+objective's loss terms into `training`), so a reader ignores keys it does not
+know and treats the added ones as optional: files written by sei-tf 0.1 still
+load. The number changes only when an existing key changes meaning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+
+from sei_tf.errors import SeiTfError
 
 # Marker key: its presence says "this ONNX file is a sei-tf restorer".
 FORMAT_KEY = "sei_tf_format"
@@ -23,7 +31,11 @@ KEYS = (
     "scale_factor",       # output size / input size (int, 1 for deblurring)
     "kernel",             # blur kernel name ('gaussian:2', ...) or 'none'
     "kernel_array",       # JSON 2-D list of the PSF, or 'null'
-    "noise_sigma",        # noise std the model was trained for, 8-bit units (sigma * 255)
+    "noise_sigma",        # Gaussian noise std the model was trained for, 8-bit units (sigma * 255), or 'unknown'
+    "noise",              # the noise model in words, e.g. 'gaussian sigma 5/255' (from 0.2)
+    "operator",           # the forward operator in words, e.g. 'sr x2', 'blur gaussian:2' (from 0.2)
+    "physics",            # JSON of sei_tf.physics.serialize(op): rebuilds the physics with TensorFlow
+                          # installed (sei_tf.physics.deserialize); 'null' for a bare backbone (from 0.2)
     "channels",           # image channels (1 grey, 3 RGB)
     "layout",             # 'NHWC'
     "value_range",        # '[0, 1]'
@@ -32,7 +44,8 @@ KEYS = (
     "output_name",
     "backbone",           # JSON {"class": ..., "module": ..., "config": {...}}
     "method",             # training method: 'sei', 'sure', ...
-    "training",           # JSON of the training settings (method, alpha, stop_gradient, ...)
+    "training",           # JSON: {"method", "objective" (sei_tf.objectives.serialize), "objective_summary",
+                          # "seed"}; sei-tf 0.1 wrote {"method", "alpha", "stop_gradient", ...}
     "tile_context",       # receptive-field radius in input pixels, or 'global'
     "tile_align",         # blended tiles start at multiples of this (SwinIR window size)
     "precision",          # 'fp32' or 'fp16' (weights; I/O stays float32)
@@ -46,7 +59,7 @@ REQUIRED = (FORMAT_KEY, "sei_tf_version", "task", "scale_factor", "channels", "l
 GLOBAL_CONTEXT = "global"
 
 
-class MetadataError(ValueError):
+class MetadataError(SeiTfError, ValueError):
     """The ONNX file carries no (or broken) sei-tf metadata."""
 
 
@@ -70,6 +83,7 @@ class RestorerMetadata:
     method: str
     precision: str
     version: str
+    physics: dict | None  # sei_tf.physics.serialize(op) as stored; None for 0.1 files and bare backbones
     raw: dict
 
     @classmethod
@@ -96,6 +110,9 @@ class RestorerMetadata:
             backbone = json.loads(props.get("backbone", "{}"))
             noise = props.get("noise_sigma", "")
             noise_sigma = float(noise) if noise not in ("", "unknown") else None
+            physics = json.loads(props.get("physics", "null"))
+            if physics is not None and not isinstance(physics, dict):
+                raise ValueError(f"physics is a {type(physics).__name__}, expected a JSON object")
         except (ValueError, TypeError) as err:
             raise MetadataError(f"{source}: malformed sei-tf metadata: {err}") from err
         if scale < 1 or channels < 1 or tile_align < 1 or (tile_context is not None and tile_context < 0):
@@ -110,14 +127,14 @@ class RestorerMetadata:
                    input_name=props["input_name"], output_name=props["output_name"],
                    backbone=backbone, method=props.get("method", "unknown"),
                    precision=props.get("precision", "fp32"), version=props["sei_tf_version"],
-                   raw=props)
+                   physics=physics, raw=props)
 
     def as_dict(self) -> dict:
         """JSON-friendly summary (used by the HTTP service's /metadata)."""
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "raw"}
         out["value_range"] = list(self.value_range)
         out["tile_context"] = GLOBAL_CONTEXT if self.tile_context is None else self.tile_context
-        for key in ("training", "parity_max_abs_error", "parity_tolerance", "parity_image"):
+        for key in ("operator", "noise", "training", "parity_max_abs_error", "parity_tolerance", "parity_image"):
             if key in self.raw:
                 value = self.raw[key]
                 if key == "training":

@@ -12,26 +12,38 @@ are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from absl import app, flags
+
+from sei_tf import cli
+from sei_tf.errors import SeiTfError
 from serving import images
 
+FLAGS = flags.FLAGS
 
-def _parse(argv):
-    p = argparse.ArgumentParser(prog="python -m serving.restore", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--model", required=True, help="exported restorer (.onnx)")
-    p.add_argument("--output", required=True, help="output folder (created if missing)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: whole image)")
-    p.add_argument("--overlap", type=int, default=None, help="blend overlap for global backbones (SwinIR)")
-    p.add_argument("--format", default="auto", choices=("auto", "png", "tiff", "npy"))
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+
+class CommandError(SeiTfError, ValueError):
+    """Inputs or outputs the command refuses (missing input, unsupported file, an output that exists)."""
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines the command-line flags (only when run as a program: importing has no side effects)."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("model", None, "Exported restorer (.onnx).", **fv)
+    flags.DEFINE_string("output", None, "Output folder (created if missing).", **fv)
+    flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"],
+                      "auto: TensorRT, then CUDA, then CPU; cuda fails unless a GPU provider loads.", **fv)
+    flags.DEFINE_integer("tile", 512, "Tile size in input pixels (0: the whole image at once).", **fv)
+    flags.DEFINE_integer("overlap", None, "Blend overlap in input pixels for global backbones (SwinIR); "
+                         "default tile/8, at least 32.", **fv)
+    flags.DEFINE_enum("format", "auto", ["auto", "png", "tiff", "npy"],
+                      "Output format; auto keeps PNG, TIFF and .npy, and writes JPEG as PNG.", **fv)
+    flags.DEFINE_bool("overwrite", False, "Replace existing outputs (an input is never overwritten).", **fv)
+    flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's).", **fv)
+    flags.DEFINE_bool("quiet", False, "No progress bar.", **fv)
+    flags.mark_flags_as_required(["model", "output"], flag_values=flag_values)
 
 
 def _expand(inputs):
@@ -41,14 +53,14 @@ def _expand(inputs):
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
                            if os.path.splitext(f)[1].lower() in images.EXTENSIONS)
             if not found:
-                raise SystemExit(f"error: folder {item} holds no PNG/JPEG/TIFF/.npy image")
+                raise CommandError(f"folder {item} holds no PNG/JPEG/TIFF/.npy image")
             files.extend(found)
         elif os.path.isfile(item):
             if os.path.splitext(item)[1].lower() not in images.EXTENSIONS:
-                raise SystemExit(f"error: {item}: unsupported extension (use .png, .jpg, .jpeg, .tif, .tiff, .npy)")
+                raise CommandError(f"{item}: unsupported extension (use .png, .jpg, .jpeg, .tif, .tiff, .npy)")
             files.append(item)
         else:
-            raise SystemExit(f"error: input not found: {item}")
+            raise CommandError(f"input not found: {item}")
     return files
 
 
@@ -71,35 +83,34 @@ def plan_outputs(files, out_dir, fmt, overwrite):
         out = os.path.join(out_dir, stem + out_ext)
         real = os.path.realpath(out)
         if real in inputs_real:
-            raise SystemExit(f"error: output {out} would overwrite input {f}: choose another --output folder")
+            raise CommandError(f"output {out} would overwrite input {f}: choose another --output folder")
         if real in seen:
-            raise SystemExit(f"error: {f} and {seen[real]} would both be written to {out}")
+            raise CommandError(f"{f} and {seen[real]} would both be written to {out}")
         seen[real] = f
         if os.path.exists(out) and not overwrite:
-            raise SystemExit(f"error: {out} exists (use --overwrite to replace it)")
+            raise CommandError(f"{out} exists (use --overwrite to replace it)")
         plan.append((f, out, out_fmt))
     return plan
 
 
-def main(argv=None):
-    args = _parse(argv)
-    files = _expand(args.inputs)
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise SystemExit(f"error: --output {args.output} is a file, not a folder")
-    plan = plan_outputs(files, args.output, args.format, args.overwrite)
+def main(argv):
+    """Restores every INPUT (argv[1:]) into --output; returns 1 when some images failed."""
+    if len(argv) < 2:
+        raise app.UsageError("give at least one INPUT image or folder")
+    files = _expand(argv[1:])
+    if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
+        raise CommandError(f"--output {FLAGS.output} is a file, not a folder")
+    plan = plan_outputs(files, FLAGS.output, FLAGS.format, FLAGS.overwrite)
 
     from tqdm import tqdm
 
-    from serving.restorer import InputError, Restorer, RestorerError
+    from serving.restorer import InputError, Restorer
 
-    try:
-        restorer = Restorer(args.model, device=args.device, tile=args.tile or None, overlap=args.overlap,
-                            threads=args.threads)
-    except (RestorerError, ValueError) as err:
-        raise SystemExit(f"error: {err}")
-    os.makedirs(args.output, exist_ok=True)
+    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, overlap=FLAGS.overlap,
+                        threads=FLAGS.threads)
+    os.makedirs(FLAGS.output, exist_ok=True)
     failures = 0
-    bar = tqdm(total=len(plan), unit="image", disable=args.quiet, file=sys.stderr)
+    bar = tqdm(total=len(plan), unit="image", disable=FLAGS.quiet, file=sys.stderr)
     for src, dst, fmt in plan:
         bar.set_postfix_str(os.path.basename(src))
         try:
@@ -108,7 +119,7 @@ def main(argv=None):
             if fmt == "png" and out.dtype != "uint8" and not (out.dtype == "uint16" and out.ndim == 2):
                 raise images.ImageError(f"PNG cannot hold this {out.dtype} {'colour' if out.ndim == 3 else ''} "
                                         "image: use --format tiff or npy")
-            images.write_image(dst, out, fmt, overwrite=args.overwrite)
+            images.write_image(dst, out, fmt, overwrite=FLAGS.overwrite)
             bar.write(f"{src} -> {dst} ({out.shape[1]}x{out.shape[0]} {out.dtype})")
         except (OSError, images.ImageError, InputError) as err:
             failures += 1
@@ -122,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(sys.modules[__name__])

@@ -14,7 +14,7 @@ CUDA libraries are missing; we check `session.get_providers()`). On a GPU the
 tiles go through IO binding (the output stays on the device until copied once).
 
 No TensorFlow import here: serving needs only onnxruntime, NumPy, Pillow and
-tifffile.
+tifffile. Every error a user can cause is a `sei_tf.errors.SeiTfError`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from sei_tf.errors import SeiTfError
 from serving import images, tiling
 from serving.metadata import MetadataError, RestorerMetadata
 
@@ -32,7 +33,7 @@ DEVICES = ("auto", "cuda", "cpu")
 _SAME = object()
 
 
-class RestorerError(RuntimeError):
+class RestorerError(SeiTfError, RuntimeError):
     """The model cannot be loaded or run as asked."""
 
 
@@ -44,7 +45,7 @@ class DeviceError(RestorerError):
     """The requested device is not available."""
 
 
-class InputError(ValueError):
+class InputError(SeiTfError, ValueError):
     """The image does not fit the model (channels, dtype, shape)."""
 
 
@@ -128,10 +129,10 @@ class Restorer:
         if tile is None:
             return
         if int(tile) != tile or tile < 1:
-            raise ValueError(f"tile must be a positive number of pixels or None, got {tile}.")
+            raise tiling.TilingError(f"tile must be a positive number of pixels or None, got {tile}.")
         ctx = self.metadata.tile_context
         if ctx is not None and tile <= 2 * ctx:
-            raise ValueError(f"tile {tile} is too small for this model: exact tiling reads {ctx} pixels of "
+            raise tiling.TilingError(f"tile {tile} is too small for this model: exact tiling reads {ctx} pixels of "
                              f"context on each side, so tile must be at least {2 * ctx + 1}.")
 
     # -- metadata shortcuts -------------------------------------------------

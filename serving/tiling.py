@@ -25,13 +25,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from sei_tf.errors import SeiTfError
+
+
+class TilingError(SeiTfError, ValueError):
+    """A tile or overlap size that cannot work with the model (e.g. smaller than its context)."""
+
 
 def exact_plan(n: int, tile: int | None, context: int):
     """1-D exact tiling: [(window_start, window_end, core_start, core_end)]."""
     if tile is None or n <= tile:
         return [(0, n, 0, n)]
     if tile <= 2 * context:
-        raise ValueError(f"tile {tile} must exceed twice the receptive-field radius ({context}): "
+        raise TilingError(f"tile {tile} must exceed twice the receptive-field radius ({context}): "
                          f"use tile >= {2 * context + 1}.")
     plan, c0 = [], 0
     while c0 < n:
@@ -57,7 +63,7 @@ def blend_plan(n: int, tile: int | None, overlap: int, align: int = 1):
     align = max(1, int(align))
     tile = max(align, tile // align * align)
     if not 0 < overlap < tile:
-        raise ValueError(f"overlap {overlap} must be in (0, tile={tile}).")
+        raise TilingError(f"overlap {overlap} must be in (0, tile={tile}).")
     step = max(align, (tile - overlap) // align * align)
     starts, s = [], 0
     while s + tile < n:

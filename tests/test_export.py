@@ -1,7 +1,6 @@
 """ONNX export (export/onnx_export.py, export/to_onnx.py) and the Triton layout (export/triton.py).
 
-Tiny random-init models (CPU, seconds). SwinIR tests skip only when
-sei_tf/models/swinir.py is not importable.
+Tiny random-init models (CPU, seconds).
 """
 
 import os
@@ -20,7 +19,7 @@ import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 
 import sei_tf  # noqa: E402
-from export import demo, onnx_export, triton  # noqa: E402
+from export import onnx_export, random_models, triton  # noqa: E402
 from serving.metadata import RestorerMetadata  # noqa: E402
 
 
@@ -32,10 +31,10 @@ ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPAT
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("keras")
     return {
-        "cnn_sr": demo.make_model(d / "cnn_sr.keras", "cnn_tiny", "sr", scale=2),
-        "cnn_deblur": demo.make_model(d / "cnn_deblur.keras", "cnn_tiny", "deblur", kernel="gaussian:1.5",
-                                      noise_sigma=3.0, method="sure"),
-        "cnn_grey_x3": demo.make_model(d / "cnn_grey.keras", "cnn_tiny", "sr", scale=3, channels=1),
+        "cnn_sr": random_models.make_model(d / "cnn_sr.keras", "cnn_tiny", "sr", scale=2),
+        "cnn_deblur": random_models.make_model(d / "cnn_deblur.keras", "cnn_tiny", "deblur", kernel="gaussian:1.5",
+                                               noise_sigma=3.0, method="sure"),
+        "cnn_grey_x3": random_models.make_model(d / "cnn_grey.keras", "cnn_tiny", "sr", scale=3, channels=1),
     }
 
 
@@ -70,6 +69,8 @@ def test_export_cnn_sr_parity_and_dims(models, tmp_path):
 def test_metadata_round_trip(models, tmp_path):
     import keras
 
+    from sei_tf import objectives, physics
+
     out = tmp_path / "deblur.onnx"
     onnx_export.export(models["cnn_deblur"], out)
     props = {p.key: p.value for p in onnx.load(out).metadata_props}
@@ -82,7 +83,15 @@ def test_metadata_round_trip(models, tmp_path):
     assert meta.kernel == "gaussian:1.5"
     np.testing.assert_allclose(np.array(json.loads(props["kernel_array"])), saved.physics.kernel)
     assert meta.noise_sigma == 3.0
-    assert meta.method == "sure" and json.loads(props["training"])["stop_gradient"] is True
+    assert meta.method == "sure"
+    # The whole physics and objective travel with the file and rebuild what was trained.
+    rebuilt = physics.deserialize(json.loads(props["physics"]))
+    assert rebuilt.differences(saved.physics) == [] and meta.physics == physics.serialize(saved.physics)
+    assert props["operator"] == "blur gaussian:1.5" and props["noise"] == saved.physics.noise.describe()
+    training = json.loads(props["training"])
+    assert training["method"] == "sure" and training["seed"] == saved.seed
+    assert training["objective"] == objectives.serialize(saved.objective)
+    assert training["objective_summary"] == "sure"
     assert meta.tile_context == saved.backbone.tile_context() == 5
     assert meta.tile_align == 1
     assert meta.layout == "NHWC" and meta.value_range == (0.0, 1.0) and meta.dtype == "float32"
@@ -95,7 +104,7 @@ def test_metadata_round_trip(models, tmp_path):
 
 
 def test_export_swinir_parity(tmp_path):
-    keras_path = demo.make_model(tmp_path / "swinir.keras", "swinir_tiny", "sr", scale=2)
+    keras_path = random_models.make_model(tmp_path / "swinir.keras", "swinir_tiny", "sr", scale=2)
     out = tmp_path / "swinir.onnx"
     report = onnx_export.export(keras_path, out)
     print(f"swinir tiny sr x2 parity max abs error: {report['parity_max_abs_error']:.3g}")
@@ -107,23 +116,52 @@ def test_export_swinir_parity(tmp_path):
     assert _dims(model.graph.input[0]) == ["batch", "height", "width", 3]
 
 
+def test_metadata_of_a_bare_backbone():
+    """No physics: the descriptive keys say so, and the file still loads in serving."""
+    import sei_tf.models
+
+    backbone = sei_tf.models.build("cnn", upscale=3, channels=1, features=8, num_blocks=1)
+    props = onnx_export.build_metadata(backbone, None, "fp32")
+    assert (props["task"], props["scale_factor"], props["kernel"], props["noise_sigma"]) == ("unknown", "3", "none",
+                                                                                            "unknown")
+    assert props["physics"] == "null" and props["kernel_array"] == "null" and props["training"] == "{}"
+    meta = RestorerMetadata.from_props(props)
+    assert meta.scale == 3 and meta.physics is None and meta.noise_sigma is None
+
+
+def test_parity_image_grey_is_bt601_luma():
+    """1-channel models are checked on the BT.601 luma of the photo, as simulate makes grey data."""
+    rgb = np.eye(3, dtype=np.float32)[None]  # one red, one green, one blue pixel
+    np.testing.assert_allclose(onnx_export.to_channels(rgb, 1)[0, :, 0], [0.299, 0.587, 0.114], rtol=1e-6)
+    grey = onnx_export.parity_image(1)
+    rgb = onnx_export.parity_image(3)
+    assert grey.shape == (61, 47, 1) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey[..., 0], 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2],
+                               atol=1e-6)
+
+
 def test_cli_export_greyscale(models, tmp_path):
+    """`python export/to_onnx.py` as the README writes it, from another folder and without PYTHONPATH:
+    the script finds its package because sei-tf is installed (pip install -e)."""
     out = tmp_path / "grey.onnx"
+    env = {k: v for k, v in ENV.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "export", "to_onnx.py"), "--model",
                            models["cnn_grey_x3"], "--output", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "max abs error" in proc.stdout
+    assert "max abs error" in proc.stdout and "sr x3" in proc.stdout
     meta = RestorerMetadata.from_props({p.key: p.value for p in onnx.load(out).metadata_props})
     assert meta.channels == 1 and meta.scale == 3 and meta.task == "sr"
 
 
 def test_cli_missing_model_fails_cleanly(tmp_path):
+    """`python -m export.to_onnx`: a user error is one `error:` line and exit status 1, no traceback."""
     out = tmp_path / "x.onnx"
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "export", "to_onnx.py"), "--model",
-                           str(tmp_path / "nope.keras"), "--output", str(out)],
-                          capture_output=True, text=True, env=ENV, timeout=120)
-    assert proc.returncode != 0 and "model file not found" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "export.to_onnx", "--model", str(tmp_path / "nope.keras"),
+                           "--output", str(out)], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == f"error: Model not found: {tmp_path / 'nope.keras'}"
+    assert "Traceback" not in proc.stderr
     assert not out.exists()
 
 

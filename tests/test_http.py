@@ -44,10 +44,10 @@ def _png(array):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from export import demo, onnx_export
+    from export import onnx_export, random_models
 
     tmp = tmp_path_factory.mktemp("http")
-    keras_path = demo.make_model(tmp / "sr.keras", "cnn_tiny", "sr", scale=2)
+    keras_path = random_models.make_model(tmp / "sr.keras", "cnn_tiny", "sr", scale=2)
     out = tmp / "sr.onnx"
     onnx_export.export(keras_path, out, log=lambda *_: None)
     return str(out)
@@ -180,7 +180,19 @@ def test_error_paths_and_service_keeps_running(server, photo):
 
 
 def test_binds_loopback_by_default():
-    from serving.http import build_parser
+    from absl import flags
 
-    args = build_parser().parse_args(["--model", "m.onnx"])
-    assert args.host == "127.0.0.1" and args.port == 8000
+    from serving import http
+
+    flag_values = flags.FlagValues()  # a private registry: no clash with other tools' flags
+    http.define_flags(flag_values)
+    assert flag_values(["serving.http", "--model", "m.onnx"]) == ["serving.http"]
+    assert flag_values.host == "127.0.0.1" and flag_values.port == 8000
+
+
+def test_cli_user_error_is_one_line(tmp_path):
+    """A model that is not there: one `error:` line and exit status 1, not a traceback."""
+    proc = subprocess.run([sys.executable, "-m", "serving.http", "--model", str(tmp_path / "missing.onnx")],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"error: model file not found: {tmp_path / 'missing.onnx'}"]

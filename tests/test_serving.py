@@ -7,6 +7,7 @@ used here only to make them; serving itself must not import it).
 import os
 import subprocess
 import sys
+from unittest import mock
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,18 +21,22 @@ import tifffile  # noqa: E402
 from PIL import Image  # noqa: E402
 from skimage import data as skdata  # noqa: E402
 
-from serving import DeviceError, InputError, ModelFileError, Restorer, RestorerError  # noqa: E402
+from absl import flags  # noqa: E402
+
+from sei_tf.errors import SeiTfError  # noqa: E402
+from serving import DeviceError, InputError, MetadataError, ModelFileError, Restorer, RestorerError  # noqa: E402
 from serving import images, restore as restore_cli, tiling  # noqa: E402
 
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+V0_1 = os.path.join(ROOT, "tests", "fixtures", "v0_1")
 
 
 def _export(tmp, name, *args, **kwargs):
-    from export import demo, onnx_export
+    from export import onnx_export, random_models
 
-    keras_path = demo.make_model(tmp / f"{name}.keras", *args, **kwargs)
+    keras_path = random_models.make_model(tmp / f"{name}.keras", *args, **kwargs)
     out = tmp / f"{name}.onnx"
     onnx_export.export(keras_path, out, log=lambda *_: None)
     return str(out)
@@ -114,6 +119,29 @@ def test_model_without_metadata(onnx_models, tmp_path):
     onnx.save(model, broken)
     with pytest.raises(RestorerError, match="malformed sei-tf metadata"):
         Restorer(broken, device="cpu")
+
+
+def test_v0_1_onnx_file_still_serves():
+    """An ONNX file written by sei-tf 0.1 (metadata format 1, no `physics` key, the old
+    `training` keys) loads and restores what the 0.1 Keras model predicted."""
+    r = Restorer(os.path.join(V0_1, "sr2_sei.onnx"), device="cpu", tile=None)
+    assert (r.task, r.scale, r.channels, r.metadata.version) == ("sr", 2, 3, "0.1.0")
+    assert r.metadata.physics is None and r.metadata.noise_sigma == 5.0 and r.metadata.method == "sei"
+    assert r.metadata.as_dict()["training"]["alpha"] == 0.5
+    y = np.load(os.path.join(V0_1, "sr2_sei_input.npy"))
+    expected = np.load(os.path.join(V0_1, "sr2_sei_output.npy"))  # Keras 0.1, unclipped
+    np.testing.assert_allclose(r.run(y), expected, atol=1e-4)
+    np.testing.assert_allclose(r.restore(y[0]), np.clip(expected[0], 0, 1), atol=1e-4)
+
+
+def test_errors_are_sei_tf_errors(onnx_models, tmp_path):
+    """User errors are SeiTfErrors (one-line CLI messages) and keep their older base classes."""
+    for cls, base in ((RestorerError, RuntimeError), (ModelFileError, RuntimeError), (DeviceError, RuntimeError),
+                      (InputError, ValueError), (MetadataError, ValueError), (tiling.TilingError, ValueError),
+                      (restore_cli.CommandError, ValueError)):
+        assert issubclass(cls, SeiTfError) and issubclass(cls, base), cls
+    with pytest.raises(tiling.TilingError, match="too small for this model"):
+        Restorer(onnx_models["sr"], device="cpu", tile=4)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has a CUDA provider")
@@ -299,6 +327,16 @@ def test_file_inputs(onnx_models, tmp_path):
 # --------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------
+def run_restore(args):
+    """`python -m serving.restore ARGS`, in this process: flags parsed into a private FlagValues
+    (so other tools' flags never clash), then `main`; returns main's status."""
+    flag_values = flags.FlagValues()
+    restore_cli.define_flags(flag_values)
+    argv = flag_values(["serving.restore", *args])
+    with mock.patch.object(restore_cli, "FLAGS", flag_values):
+        return restore_cli.main(argv)
+
+
 def test_cli_restores_and_never_overwrites(onnx_models, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
@@ -309,7 +347,7 @@ def test_cli_restores_and_never_overwrites(onnx_models, tmp_path, capsys):
     out = tmp_path / "out"
     model = onnx_models["sr"]
 
-    assert restore_cli.main(["--model", model, str(src), "--output", str(out), "--tile", "16", "--quiet"]) == 0
+    assert run_restore(["--model", model, str(src), "--output", str(out), "--tile", "16", "--quiet"]) == 0
     a = np.asarray(Image.open(out / "a.png"))
     np.testing.assert_array_equal(a, Restorer(model, device="cpu").restore(img8))
     assert np.asarray(Image.open(out / "b.png")).shape == (50, 66, 3)  # JPEG -> PNG
@@ -318,32 +356,32 @@ def test_cli_restores_and_never_overwrites(onnx_models, tmp_path, capsys):
 
     # Existing outputs are refused without --overwrite (nothing is touched).
     before = (out / "a.png").stat().st_mtime_ns
-    with pytest.raises(SystemExit, match="exists .*--overwrite"):
-        restore_cli.main(["--model", model, str(src / "a.png"), "--output", str(out)])
+    with pytest.raises(restore_cli.CommandError, match="exists .*--overwrite"):
+        run_restore(["--model", model, str(src / "a.png"), "--output", str(out)])
     assert (out / "a.png").stat().st_mtime_ns == before
-    assert restore_cli.main(["--model", model, str(src / "a.png"), "--output", str(out), "--overwrite",
-                             "--quiet"]) == 0
+    assert run_restore(["--model", model, str(src / "a.png"), "--output", str(out), "--overwrite",
+                        "--quiet"]) == 0
     # Output path == input path is refused even with --overwrite.
-    with pytest.raises(SystemExit, match="would overwrite input"):
-        restore_cli.main(["--model", model, str(src / "a.png"), "--output", str(src), "--overwrite"])
+    with pytest.raises(restore_cli.CommandError, match="would overwrite input"):
+        run_restore(["--model", model, str(src / "a.png"), "--output", str(src), "--overwrite"])
     assert np.array_equal(np.asarray(Image.open(src / "a.png")), img8)
     # Two inputs that map to one output, missing inputs, bad extensions, a corrupt model.
     Image.fromarray(img8).save(src / "a.jpeg")
-    with pytest.raises(SystemExit, match="would both be written"):
-        restore_cli.main(["--model", model, str(src / "a.png"), str(src / "a.jpeg"), "--output", str(tmp_path / "o2")])
-    with pytest.raises(SystemExit, match="input not found"):
-        restore_cli.main(["--model", model, str(src / "nope.png"), "--output", str(out)])
+    with pytest.raises(restore_cli.CommandError, match="would both be written"):
+        run_restore(["--model", model, str(src / "a.png"), str(src / "a.jpeg"), "--output", str(tmp_path / "o2")])
+    with pytest.raises(restore_cli.CommandError, match="input not found"):
+        run_restore(["--model", model, str(src / "nope.png"), "--output", str(out)])
     (src / "notes.txt").write_text("x")
-    with pytest.raises(SystemExit, match="unsupported extension"):
-        restore_cli.main(["--model", model, str(src / "notes.txt"), "--output", str(out)])
+    with pytest.raises(restore_cli.CommandError, match="unsupported extension"):
+        run_restore(["--model", model, str(src / "notes.txt"), "--output", str(out)])
     bad_model = tmp_path / "bad.onnx"
     bad_model.write_bytes(b"garbage")
-    with pytest.raises(SystemExit, match="corrupt or truncated"):
-        restore_cli.main(["--model", str(bad_model), str(src / "a.png"), "--output", str(tmp_path / "o3")])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        run_restore(["--model", str(bad_model), str(src / "a.png"), "--output", str(tmp_path / "o3")])
     # A file that fails to decode is reported, the others still written, exit code 1.
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
-    rc = restore_cli.main(["--model", model, str(src / "broken.png"), str(src / "b.jpg"), "--output",
-                           str(tmp_path / "o4"), "--quiet"])
+    rc = run_restore(["--model", model, str(src / "broken.png"), str(src / "b.jpg"), "--output",
+                      str(tmp_path / "o4"), "--quiet"])
     assert rc == 1 and (tmp_path / "o4" / "b.png").exists() and not (tmp_path / "o4" / "broken.png").exists()
     assert "error:" in capsys.readouterr().out
 
@@ -356,3 +394,10 @@ def test_cli_module_entry_point_with_progress_bar(onnx_models, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "100%" in proc.stderr  # tqdm progress bar
     assert (tmp_path / "out" / "x.png").exists()
+    # A user error: one `error:` line, exit status 1, no traceback, nothing written.
+    proc = subprocess.run([sys.executable, "-m", "serving.restore", "--model", onnx_models["sr"],
+                           str(tmp_path / "x.png"), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out' / 'x.png'} exists (use --overwrite to replace it)"]
