@@ -252,6 +252,8 @@ def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
     """
     import onnx
 
+    from sei_tf import models
+
     output = os.fspath(output)
     if tolerance is None:
         tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
@@ -262,11 +264,17 @@ def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
         raise ExportError(f"output folder does not exist: {out_dir}")
 
     backbone, sei_model = loading.load_any(model_path)
+    trained_precision = models.precision_of(backbone)
+    if trained_precision != "float32":
+        # tf2onnx has no bfloat16 (it would write float16 silently): convert a float32 copy.
+        log(f"the model computes in {trained_precision}; exporting a float32 copy of its (float32) weights")
+        backbone = models.as_float32(backbone)
     channels = int(backbone.channels)
     model_proto = convert(backbone, opset)
     if fp16:
         model_proto = to_fp16(model_proto)
     props = build_metadata(backbone, sei_model, "fp16" if fp16 else "fp32")
+    props["trained_precision"] = trained_precision
 
     try:
         onnx.checker.check_model(model_proto)

@@ -35,6 +35,10 @@ COMMANDS = {
 }
 
 
+# Packages of the `train` extra: a serving-only install lacks them.
+TRAINING_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "skimage", "tensorboard")
+
+
 def report_errors(main):
     """Wraps `main(argv)`: user errors become one line on stderr and exit status 1."""
 
@@ -43,6 +47,12 @@ def report_errors(main):
             return main(argv)
         except (SeiTfError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] not in TRAINING_PACKAGES:
+                raise
+            print(f"error: this command needs {err.name}, which comes with the training install: "
+                  "pip install 'sei-tf[train,cpu]' (this machine has the serving-only install).", file=sys.stderr)
             sys.exit(1)
 
     return wrapped

@@ -114,12 +114,6 @@ def check_channels(image, channels, source):
         "on such images; sei-tf does not convert silently.")
 
 
-def _split(path_or_paths):
-    if isinstance(path_or_paths, str) and "," in path_or_paths and not os.path.exists(path_or_paths):
-        return [p for p in path_or_paths.split(",") if p]
-    return path_or_paths
-
-
 def list_pairs(measurements, ground_truth):
     """(stem, measurement file, ground-truth file), paired by stem (see `data.pair_files`)."""
     from sei_tf import data
@@ -305,13 +299,15 @@ def define_flags():
 
 def run():
     """Runs the evaluation from the flags; returns the lines to print."""
+    from sei_tf import data
+
     path = model_path(FLAGS.model)
     output_csv = FLAGS.output_csv or os.path.join(os.path.dirname(os.path.abspath(path)), "evaluation.csv")
     if os.path.isdir(output_csv):
         raise EvaluationError(f"--output_csv {output_csv} is a folder; give a file name.")
     pairs = list_pairs(FLAGS.measurements, FLAGS.ground_truth)  # name checks before the slow model load
     model = load_model(path)
-    for warning in check_sidecar(model, _split(FLAGS.measurements)):
+    for warning in check_sidecar(model, data.split_paths(FLAGS.measurements)):
         logging.warning("%s", warning)
     luma = not FLAGS.rgb
     rows = evaluate(model, iter_pairs(None, None, model, pairs=pairs), luma=luma,

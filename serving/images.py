@@ -20,12 +20,13 @@ import os
 import numpy as np
 
 from sei_tf.data import png16
+from sei_tf.errors import SeiTfError
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".npy": "npy"}
 OUTPUT_EXTENSIONS = {"png": ".png", "tiff": ".tif", "npy": ".npy"}
 
 
-class ImageError(ValueError):
+class ImageError(SeiTfError, ValueError):
     """The data is not an image we can read (or write)."""
 
 

@@ -52,6 +52,7 @@ KEYS = (
     "parity_max_abs_error",  # measured at export time against the Keras model
     "parity_tolerance",
     "parity_image",       # what the parity check ran on
+    "trained_precision",  # what the backbone computed in during training ('float32', 'bfloat16', ...)
 )
 REQUIRED = (FORMAT_KEY, "sei_tf_version", "task", "scale_factor", "channels", "layout",
             "value_range", "dtype", "input_name", "output_name", "tile_context")

@@ -39,3 +39,29 @@ def test_v0_1_model_resaved_keeps_its_objective(tmp_path):
     assert again.method == "sei" and again.objective[1].weight == 0.5
     assert again.objective[1].stop_gradient is False
     assert physics.serialize(again.physics) == physics.serialize(model.physics)
+
+
+def test_v0_1_sidecar_still_reads():
+    from sei_tf import data
+
+    meta = data.read_sidecar(os.path.join(FIXTURES, "sim_blur", "measurements"))
+    assert meta["format_version"] == 1
+    op = data.physics_from_sidecar(meta)
+    assert isinstance(op, physics.Blur) and op.noise_sigma == 4.0 and op.kernel_name == "gaussian:1"
+    assert op.differences(physics.Blur("gaussian:1", noise_sigma=4)) == []
+    # The same folder read as a simulate output (measurements/ + ground_truth/).
+    assert data.read_sidecar(os.path.join(FIXTURES, "sim_blur"))["_path"] == meta["_path"]
+
+
+def test_new_sidecar_round_trips_the_physics(tmp_path):
+    from sei_tf import data
+
+    op = physics.Blur(np.random.RandomState(0).rand(3, 5), noise_sigma=7, kernel_name="measured psf")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    data.write_image(gt / "a.png", np.random.RandomState(1).rand(20, 24, 3).astype(np.float32))
+    data.simulate(gt, tmp_path / "out", op, shorter_side=0, progress=False)
+    meta = data.read_sidecar(tmp_path / "out")
+    assert meta["format_version"] == 2 and meta["summary"]["operator"] == "blur measured psf"
+    rebuilt = data.physics_from_sidecar(meta)
+    assert rebuilt.differences(op) == [] and rebuilt.kernel_name == "measured psf"

@@ -397,7 +397,7 @@ def test_sidecar_and_noise_level(tmp_path):
     meta = data.read_sidecar(tmp_path)
     assert data.check_noise_level(meta, None) == 5.0
     assert data.check_noise_level(meta, 5) == 5.0
-    with pytest.raises(DataError, match="noise_sigma=25 contradicts.*sei_tf.json.*noise_sigma=5"):
+    with pytest.raises(DataError, match="noise_sigma=25 contradicts.*sei_tf.json.*sigma 5/255"):
         data.check_noise_level(meta, 25)
     with pytest.raises(DataError, match="contradicts"):
         data.physics_from_sidecar(meta, noise_sigma=10)

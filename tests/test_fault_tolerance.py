@@ -23,6 +23,8 @@ from conftest import photo
 from sei_tf import callbacks as callbacks_lib
 from sei_tf import distributed, models, physics, training
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN = {"features": 8, "num_blocks": 1}
 

@@ -65,3 +65,26 @@ def test_bfloat16_model_saves_reloads_and_resumes(tmp_path):
     assert int(loaded.optimizer.iterations) == 1
     loaded.train_on_batch(batch)  # resumes with the restored optimizer state
     assert int(loaded.optimizer.iterations) == 2
+
+
+def test_bfloat16_model_exports_a_float32_onnx_file(tmp_path):
+    import onnxruntime as ort
+
+    from export import onnx_export
+
+    batch = np.stack([photo("astronaut", 24), photo("coffee", 24)])
+    model, _ = _step("bfloat16", keras.optimizers.Adam(1e-3), batch=batch)
+    path = str(tmp_path / "bf16.keras")
+    model.save(path)
+    onnx_path = str(tmp_path / "bf16.onnx")
+    onnx_export.export(path, onnx_path, log=lambda *a: None)
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["trained_precision"] == "bfloat16" and meta["precision"] == "fp32"
+    assert all(i.type == "tensor(float)" for i in session.get_inputs() + session.get_outputs())
+    x = photo("chelsea", 21)[None]
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    float_copy = models.as_float32(model.backbone)
+    np.testing.assert_allclose(onnx_out, float_copy(x).numpy(), atol=1e-4)
+    # ... and close to the bf16 model itself, within bf16 rounding of the residual.
+    np.testing.assert_allclose(onnx_out, model(x).numpy(), atol=2e-2)

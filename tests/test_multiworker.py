@@ -21,6 +21,8 @@ import tensorflow as tf
 from conftest import photo
 from sei_tf import distributed, models, physics, training  # noqa: F401 (load_model needs the classes)
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNN = {"features": 8, "num_blocks": 1}
 DEADLINE_S = 240  # per launch of a cluster; a healthy 2-worker run here takes 10-20 s

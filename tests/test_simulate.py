@@ -48,8 +48,10 @@ def test_simulate_layout_and_sidecar(sr_run):
     assert sorted(os.listdir(out / "ground_truth")) == ["astro.png", "cat.png"]
     side = json.loads((out / "measurements" / "sei_tf.json").read_text())
     assert side == meta
-    assert side["format_version"] == 1 and side["task"] == "sr" and side["factor"] == 2
-    assert side["noise_sigma"] == 5.0 and side["seed"] == 3 and side["shorter_side"] == 48
+    assert side["format_version"] == 2 and side["summary"]["task"] == "sr" and side["summary"]["factor"] == 2
+    assert side["physics"]["class_name"] == "SuperResolution" and side["physics"]["config"]["factor"] == 2
+    assert side["physics"]["config"]["noise"]["config"]["sigma"] == 5.0
+    assert side["seed"] == 3 and side["shorter_side"] == 48
     assert side["channels"] == 3 and side["files"] == ["astro.tif", "cat.tif"]
     # Shorter side resized to 48 (astro 80x100 -> 48x60; cat 90x70 -> 62x48 after the
     # crop to a multiple of 2), measurements half that size.
@@ -90,7 +92,7 @@ def test_folder_with_images_of_its_own_is_not_replaced(sr_run, tmp_path):
     assert data.list_images(tmp_path) == [str(tmp_path / "own.png")]
     assert data.read_sidecar(tmp_path) is None
     os.remove(tmp_path / "own.png")
-    assert data.read_sidecar(tmp_path)["factor"] == 2
+    assert data.physics_from_sidecar(data.read_sidecar(tmp_path)).factor == 2
     with pytest.raises(DataError, match="No images found"):
         data.list_images(tmp_path, subfolder=None)
 
@@ -141,8 +143,8 @@ def test_sidecar_rebuilds_identical_operator(sr_run, tmp_path):
     for i, kernel in enumerate(["gaussian:1", "box:2", str(tmp_path / "psf.npy")]):
         blur = physics.make("deblur", kernel=kernel, noise_sigma=2)
         meta = data.simulate(gt, tmp_path / f"blur{i}", blur, shorter_side=0, seed=0, progress=False)
-        assert meta["kernel"] == kernel
-        assert np.allclose(meta["kernel_array"], blur.kernel)
+        assert meta["summary"]["kernel"] == kernel
+        assert np.allclose(meta["summary"]["kernel_array"], blur.kernel)
         rebuilt = data.physics_from_sidecar(data.read_sidecar(tmp_path / f"blur{i}" / "measurements"))
         _assert_same_operator(rebuilt, blur)
     # Deblurring keeps sizes (no resize with shorter_side=0).
@@ -161,7 +163,8 @@ def test_existing_output_is_not_overwritten(sr_run, tmp_path):
     assert after == before
     meta = data.simulate(gt, out, physics.make("sr", factor=4, noise_sigma=5), shorter_side=48,
                          overwrite=True, progress=False)
-    assert meta["factor"] == 4 and data.read_sidecar(out / "measurements")["factor"] == 4
+    assert meta["summary"]["factor"] == 4
+    assert data.physics_from_sidecar(data.read_sidecar(out / "measurements")).factor == 4
     assert (out / "notes.txt").read_text() == "mine"  # only our sub-folders are replaced
     assert data.read_image(out / "measurements" / "astro.tif").shape == (12, 15, 3)
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -208,7 +211,7 @@ def test_cli_simulates_and_reports(tmp_path):
     assert last.startswith("wrote 2 measurement(s) (blur gaussian:1, gaussian sigma 2/255, seed 5)")
     assert str(out / "measurements") in last
     meta = data.read_sidecar(out / "measurements")
-    assert meta["task"] == "deblur" and meta["kernel"] == "gaussian:1" and meta["seed"] == 5
+    assert meta["summary"]["task"] == "deblur" and meta["summary"]["kernel"] == "gaussian:1" and meta["seed"] == 5
     assert data.read_image(out / "ground_truth" / "astro.png").shape == (40, 50, 3)
 
 

@@ -22,6 +22,7 @@ from absl import logging
 from sei_tf.data.files import (GROUND_TRUTH_DIR, MEASUREMENTS_DIR, SIDECAR_NAME, DataError, _stem, list_images,
                                read_image, write_image)
 from sei_tf.data.sidecar import SIDECAR_FORMAT_VERSION, physics_meta
+from sei_tf.errors import PhysicsError
 
 
 def noise_seed(seed, stem):
@@ -94,7 +95,8 @@ def simulate(ground_truth_dir, output_dir, physics, shorter_side=256, seed=0, ov
          which must then agree);
       2. resize so the shorter side is `shorter_side` pixels (bicubic, anti-aliased;
          0/None: no resize), clip to [0, 1];
-      3. crop the bottom/right to a multiple of the SR factor (1 for deblurring);
+      3. crop the bottom/right to the size the physics takes (`fit_signal_size`: a
+         multiple of the SR factor; refused when smaller than a blur kernel);
       4. quantise to 16 bits (the ground truth written is exactly the one used);
       5. measure `y = A x + e` with the stateless noise seed `noise_seed(seed, stem)`
          = (seed, crc32(stem)).
@@ -149,7 +151,6 @@ def simulate(ground_truth_dir, output_dir, physics, shorter_side=256, seed=0, ov
         if s in stems:
             raise DataError(f"Two ground-truth files share the name {s!r}: {stems[s]} and {f}.")
         stems[s] = f
-    factor = int(physics.factor) if physics.task == "sr" else 1
     meta = {"format_version": SIDECAR_FORMAT_VERSION, **physics_meta(physics), "seed": int(seed),
             "shorter_side": int(shorter_side or 0), "noise_seed_rule": "(seed, crc32(utf-8 stem))"}
 
@@ -170,13 +171,11 @@ def simulate(ground_truth_dir, output_dir, physics, shorter_side=256, seed=0, ov
             if len(seen_channels) > 1:
                 raise DataError(f"{f}: the ground truth mixes greyscale and RGB images; pass channels=1 or 3.")
             x = resize_shorter_side(x, shorter_side)
-            h, w = (x.shape[0] // factor) * factor, (x.shape[1] // factor) * factor
-            if h < factor or w < factor:
-                raise DataError(f"{f}: {x.shape[0]}x{x.shape[1]} pixels is too small for SR factor {factor}.")
+            try:
+                h, w = physics.fit_signal_size(x.shape[0], x.shape[1], source=f)
+            except PhysicsError as e:
+                raise DataError(str(e)) from e
             x = x[:h, :w]
-            if physics.task == "deblur" and min(h, w) < max(physics.kernel.shape):
-                raise DataError(f"{f}: {h}x{w} pixels is smaller than the {physics.kernel.shape[0]}x"
-                                f"{physics.kernel.shape[1]} blur kernel.")
             x = np.round(x * 65535.0) / 65535.0  # exactly what the 16-bit PNG stores
             y = physics(tf.constant(x[None], tf.float32),
                         seed=tf.constant(noise_seed(seed, stem), tf.int64))[0].numpy()
