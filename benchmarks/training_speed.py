@@ -218,7 +218,8 @@ def _s(cell):
 def write_report(rows, extras, header):
     lines = [f"# Training speed ({header['date']})", "",
              f"CPU: {header['cpu']}. Threads: {header['threads']}. TensorFlow {header['tf']}, "
-             f"peers: {header.get('peers', 'not run')}.", "",
+             f"peers: {header.get('peers', 'not run')}. Load average at start / end: {header['load_start']} / "
+             f"{header.get('load_end', 'n/a')} (other work on the machine slows every cell).", "",
              f"One SEI training step: batch {BATCH}, {PATCH}x{PATCH} measurement patches, noise {NOISE:g}/255, "
              f"Adam; median of {header['steps']} steps after {header['warmup']} warm-up steps, each cell in "
              "a fresh process. ResidualCNN 64x8; swinir_light embed 60, 4x6 blocks.", "",
@@ -260,7 +261,8 @@ def main(argv):
     import tensorflow as tf
 
     header = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu_description(),
-              "threads": FLAGS.threads, "tf": tf.__version__, "steps": FLAGS.steps, "warmup": FLAGS.warmup}
+              "threads": FLAGS.threads, "tf": tf.__version__, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
+              "load_start": "%.2f" % os.getloadavg()[0]}
     print(header["cpu"], flush=True)
     base = {"warmup": FLAGS.warmup, "steps": FLAGS.steps, "threads": FLAGS.threads}
     rows = []
@@ -287,6 +289,7 @@ def main(argv):
                 extras[f"{kind} (cnn, sr2, {precision})"] = in_subprocess(
                     {**base, "kind": kind, "task": "sr2", "precision": precision})
                 print(kind, precision, extras[f"{kind} (cnn, sr2, {precision})"], flush=True)
+    header["load_end"] = "%.2f" % os.getloadavg()[0]
     write_report(rows, extras, header)
 
 

@@ -103,6 +103,7 @@ def test_metadata_round_trip(models, tmp_path):
     assert _dims(onnx.load(out).graph.output[0]) == ["batch", "height", "width", 3]
 
 
+@pytest.mark.slow
 def test_export_swinir_parity(tmp_path):
     keras_path = random_models.make_model(tmp_path / "swinir.keras", "swinir_tiny", "sr", scale=2)
     out = tmp_path / "swinir.onnx"
@@ -140,6 +141,7 @@ def test_parity_image_grey_is_bt601_luma():
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_export_greyscale(models, tmp_path):
     """`python export/to_onnx.py` as the README writes it, from another folder and without PYTHONPATH:
     the script finds its package because sei-tf is installed (pip install -e)."""
@@ -154,6 +156,7 @@ def test_cli_export_greyscale(models, tmp_path):
     assert meta.channels == 1 and meta.scale == 3 and meta.task == "sr"
 
 
+@pytest.mark.slow
 def test_cli_missing_model_fails_cleanly(tmp_path):
     """`python -m export.to_onnx`: a user error is one `error:` line and exit status 1, no traceback."""
     out = tmp_path / "x.onnx"

@@ -201,6 +201,7 @@ def _cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_simulates_and_reports(tmp_path):
     gt = _make_ground_truth(tmp_path / "gt")
     out = tmp_path / "out"
@@ -215,6 +216,7 @@ def test_cli_simulates_and_reports(tmp_path):
     assert data.read_image(out / "ground_truth" / "astro.png").shape == (40, 50, 3)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_1(tmp_path):
     (tmp_path / "empty").mkdir()
     res = _cli(f"--ground_truth={tmp_path / 'empty'}", f"--output={tmp_path / 'out'}", "--factor=4")

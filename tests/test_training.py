@@ -30,6 +30,7 @@ def _patches(ys, patch, batch, seed=0):
     return ds.batch(batch, drop_remainder=True)
 
 
+@pytest.mark.slow
 def test_short_fit_on_real_photographs_beats_bicubic():
     keras.utils.set_random_seed(0)
     op = physics.SuperResolution(2, noise_sigma=5)
@@ -89,7 +90,7 @@ def test_supervised_needs_ground_truth():
 
 @pytest.mark.parametrize("backbone, op", [
     ("cnn", physics.SuperResolution(3, noise_sigma=2)),
-    ("swinir", physics.Blur(np.random.RandomState(0).rand(3, 5), noise_sigma=7)),
+    pytest.param("swinir", physics.Blur(np.random.RandomState(0).rand(3, 5), noise_sigma=7), marks=pytest.mark.slow),
 ])
 def test_save_load_predict_identical(tmp_path, backbone, op):
     sizes = {"cnn": dict(features=8, num_blocks=1),
@@ -153,6 +154,7 @@ DISTRIBUTED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_step_matches_single_device():
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run([sys.executable, "-c", DISTRIBUTED], env=env, capture_output=True,
