@@ -99,7 +99,7 @@ def _measure():
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         import sei_tf.models  # noqa: F401
-        import sei_tf.training  # noqa: F401
+        import sei_tf.sei_model  # noqa: F401
 
         model = keras.saving.load_model(FLAGS.model, compile=False)
         backbone = model.backbone

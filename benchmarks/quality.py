@@ -123,6 +123,8 @@ flags.DEFINE_float("lr_deblur", None, "Adam learning rate for deblurring (cpu 5e
 flags.DEFINE_integer("eval_every", None, "Evaluate test PSNR (learning curve) and checkpoint every N "
                      "steps (default steps/10).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, crops, noise and transforms (same for all methods).")
+flags.DEFINE_enum("precision", "float32", ["auto", "float32", "bfloat16", "float16"],
+                  "Type the backbone computes in (sei_tf.precision); float32 cells keep their cache keys.")
 flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables and figures go.")
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
 flags.DEFINE_boolean("report_only", False, "Only regenerate tables and figures from finished cells.")
@@ -174,6 +176,12 @@ def resolve_config():
     }
     if cfg["steps"] is None and cfg["epochs"] is None:
         cfg["steps"] = 1000
+    from sei_tf import precision
+
+    compute_type, why = precision.resolve(FLAGS.precision)
+    logging.info("Precision: %s", why)
+    if compute_type != "float32":  # float32 configurations keep the keys of their cached cells
+        cfg["precision"] = compute_type
     return cfg
 
 
@@ -293,12 +301,13 @@ def build_model(task_key, method, cfg):
     """
     import keras
 
-    from sei_tf import models, training
+    from sei_tf import models, sei_model
 
     keras.utils.set_random_seed(cfg["seed"])
     op = make_physics(task_key)
-    backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3, **cfg["backbone_args"])
-    return training.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
+    backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
+                            precision=cfg.get("precision", "float32"), **cfg["backbone_args"])
+    return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
 
 
 def evaluate_on_test(model, td):
@@ -404,7 +413,7 @@ def train_cell(task_key, method, td, cfg, cell_dir):
     import keras
     import numpy as np
 
-    from sei_tf import data, evaluate, objectives, training
+    from sei_tf import data, evaluate, objectives, sei_model
 
     name = f"{task_key}__{method}"
     ckpt = os.path.join(cell_dir, name + ".partial")
@@ -423,7 +432,7 @@ def train_cell(task_key, method, td, cfg, cell_dir):
     lr = cfg["lr_sr"] if upscale > 1 else cfg["lr_deblur"]
     model.physics.check_measurement_size(patch, patch, f"{name}: the training patch")
     if resumed is None:
-        model.compile(optimizer=keras.optimizers.Adam(training.DelayedLinearDecay(lr, steps),
+        model.compile(optimizer=keras.optimizers.Adam(sei_model.DelayedLinearDecay(lr, steps),
                                                       beta_1=0.9, beta_2=0.999))
     if objectives.needs_ground_truth(model.objective):
         ds = data.paired_patch_dataset(td["train_y"], td["train_x"], patch, cfg["batch_size"], 3,

@@ -69,12 +69,12 @@ def _physics(task):
 def _model(backbone, task, precision, objective="sei"):
     import keras
 
-    from sei_tf import models, training
+    from sei_tf import models, sei_model
 
     op = _physics(task)
     sizes = CNN if backbone == "cnn" else {}
     net = models.build(backbone, upscale=op.upscale, channels=3, precision=precision, **sizes)
-    model = training.SEIModel(net, op, objective=objective, seed=0)
+    model = sei_model.SEIModel(net, op, objective=objective, seed=0)
     model.compile(keras.optimizers.Adam(2e-4))
     return model
 

@@ -36,7 +36,7 @@ def make_model(path, backbone: str = "cnn", task: str = "sr", scale: int = 2, ch
 
     import sei_tf.models
     from sei_tf import physics as physics_lib
-    from sei_tf.training import SEIModel
+    from sei_tf.sei_model import SEIModel
 
     keras.utils.set_random_seed(seed)
     physics = physics_lib.make(task, factor=scale, kernel=kernel, noise_sigma=noise_sigma)

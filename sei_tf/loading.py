@@ -37,7 +37,7 @@ def load_any(path):
     """
     import keras
 
-    from sei_tf import training
+    from sei_tf import sei_model
 
     path = model_path(path)
     try:
@@ -45,7 +45,7 @@ def load_any(path):
     except Exception as e:  # zipfile, h5py and deserialisation raise many types
         raise ModelError(f"{path}: cannot load the model (corrupt, truncated or not written by "
                          f"sei_tf.train?): {type(e).__name__}: {e}") from e
-    if isinstance(model, training.SEIModel):
+    if isinstance(model, sei_model.SEIModel):
         return model.backbone, model
     if hasattr(model, "upscale") and hasattr(model, "channels"):
         return model, None

@@ -150,7 +150,7 @@ def train():
     import tensorflow as tf
 
     from sei_tf import callbacks as callbacks_lib
-    from sei_tf import data, models, objectives, precision, training
+    from sei_tf import data, models, objectives, precision, sei_model
 
     run_dir = FLAGS.output
     # Before any TF op: logical CPU devices and collective ops are configured at start-up.
@@ -202,7 +202,7 @@ def train():
         dataset = dataset.skip(done * FLAGS.steps_per_epoch)
 
     total_steps = FLAGS.epochs * FLAGS.steps_per_epoch
-    lr = (training.DelayedLinearDecay(FLAGS.learning_rate, total_steps) if FLAGS.schedule == "delayed_linear"
+    lr = (sei_model.DelayedLinearDecay(FLAGS.learning_rate, total_steps) if FLAGS.schedule == "delayed_linear"
           else FLAGS.learning_rate)
     compute_type, why = precision.resolve(FLAGS.precision)
     logging.info("Precision: %s", why)
@@ -210,7 +210,7 @@ def train():
     with strategy.scope() if strategy else contextlib.nullcontext():
         backbone = models.build(FLAGS.backbone, upscale=factor, channels=channels, precision=compute_type,
                                 **json.loads(FLAGS.backbone_args))
-        model = training.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
+        model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
                                   stop_gradient=FLAGS.stop_gradient)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
     callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from sei_tf import losses, physics, training, transforms
+from sei_tf import losses, physics, sei_model, transforms
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v0_1")
 
@@ -17,7 +17,7 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 ])
 def test_v0_1_keras_models_load_with_their_objective(name, physics_type, method, terms):
     model = keras.saving.load_model(os.path.join(FIXTURES, name + ".keras"))
-    assert isinstance(model, training.SEIModel) and type(model.physics) is physics_type
+    assert isinstance(model, sei_model.SEIModel) and type(model.physics) is physics_type
     assert model.method == method and [t.name for t in model.objective] == terms
     assert model.seed == 3
     y = np.load(os.path.join(FIXTURES, name + "_input.npy"))

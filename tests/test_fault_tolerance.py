@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from conftest import photo
 from sei_tf import callbacks as callbacks_lib
-from sei_tf import distributed, models, physics, training
+from sei_tf import distributed, models, physics, sei_model
 
 pytestmark = pytest.mark.slow  # subprocesses and whole pipelines
 
@@ -143,7 +143,7 @@ def test_sigkill_mid_epoch_then_resume_gives_uninterrupted_weights(measurements,
 def _model(seed=0):
     keras.utils.set_random_seed(seed)
     op = physics.SuperResolution(2, noise_sigma=5)
-    model = training.SEIModel(models.build("cnn", upscale=2, **CNN), op, seed=seed)
+    model = sei_model.SEIModel(models.build("cnn", upscale=2, **CNN), op, seed=seed)
     model.compile(keras.optimizers.Adam(1e-3))
     return model
 

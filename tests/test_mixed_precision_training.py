@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from sei_tf import models, physics, training
+from sei_tf import models, physics, sei_model
 from conftest import photo
 
 
@@ -12,7 +12,7 @@ def _step(precision, optimizer, weights=None, batch=None):
     """One SURE training step of a tiny cnn; returns (model, weights before)."""
     op = physics.Blur("gaussian:1", noise_sigma=5)
     backbone = models.build("cnn", precision=precision, features=8, num_blocks=1)
-    model = training.SEIModel(backbone, op, objective="sei", seed=4)
+    model = sei_model.SEIModel(backbone, op, objective="sei", seed=4)
     if weights is not None:
         model.backbone.set_weights(weights)
     else:  # a non-zero tail, so every layer gets a gradient

@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import photo
-from sei_tf import distributed, models, physics, training  # noqa: F401 (load_model needs the classes)
+from sei_tf import distributed, models, physics, sei_model  # noqa: F401 (load_model needs the classes)
 
 pytestmark = pytest.mark.slow  # subprocesses and whole pipelines
 

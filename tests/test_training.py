@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sei_tf import metrics, models, physics, training, transforms
+from sei_tf import metrics, models, physics, sei_model, transforms
 from sei_tf.errors import SeiTfError
 from conftest import photo
 
@@ -35,7 +35,7 @@ def test_short_fit_on_real_photographs_beats_bicubic():
     keras.utils.set_random_seed(0)
     op = physics.SuperResolution(2, noise_sigma=5)
     ys, xs = _measurements(op, ["astronaut", "chelsea", "coffee"], 128)
-    model = training.SEIModel(models.build("cnn", upscale=2, features=24, num_blocks=3), op)
+    model = sei_model.SEIModel(models.build("cnn", upscale=2, features=24, num_blocks=3), op)
     model.compile(keras.optimizers.Adam(5e-4))
 
     initial = models.build("cnn", upscale=2, features=24, num_blocks=3)
@@ -69,7 +69,7 @@ def test_short_fit_on_real_photographs_beats_bicubic():
 def test_test_step_reports_psnr_and_ssim():
     op = physics.Blur("gaussian:1", noise_sigma=5)
     ys, xs = _measurements(op, ["astronaut", "coffee"], 48)
-    model = training.SEIModel(models.build("cnn", features=8, num_blocks=1), op)
+    model = sei_model.SEIModel(models.build("cnn", features=8, num_blocks=1), op)
     model.compile()
     result = model.evaluate(tf.data.Dataset.from_tensor_slices((ys, xs)).batch(1), verbose=0, return_dict=True)
     # The CNN starts as the identity (zero-initialised tail): PSNR equals the blurred input's.
@@ -79,13 +79,13 @@ def test_test_step_reports_psnr_and_ssim():
 
 
 def test_supervised_needs_ground_truth():
-    model = training.SEIModel(models.build("cnn", features=8, num_blocks=1), physics.Blur("box:1"),
+    model = sei_model.SEIModel(models.build("cnn", features=8, num_blocks=1), physics.Blur("box:1"),
                               method="supervised")
     model.compile()
     with pytest.raises(SeiTfError, match="needs \\(measurement, ground truth\\)"):
         model.fit(tf.data.Dataset.from_tensor_slices(tf.zeros([2, 16, 16, 3])).batch(2), verbose=0)
     with pytest.raises(SeiTfError, match="Unknown method"):
-        training.SEIModel(models.build("cnn"), physics.Blur("box:1"), method="magic")
+        sei_model.SEIModel(models.build("cnn"), physics.Blur("box:1"), method="magic")
 
 
 @pytest.mark.parametrize("backbone, op", [
@@ -96,7 +96,7 @@ def test_save_load_predict_identical(tmp_path, backbone, op):
     sizes = {"cnn": dict(features=8, num_blocks=1),
              "swinir": dict(embed_dim=12, depths=(2,), num_heads=(2,), window_size=4)}[backbone]
     upscale = getattr(op, "factor", 1)
-    model = training.SEIModel(models.build(backbone, upscale=upscale, **sizes), op, method="ei_rotate",
+    model = sei_model.SEIModel(models.build(backbone, upscale=upscale, **sizes), op, method="ei_rotate",
                               stop_gradient=False, seed=11)
     model.compile(keras.optimizers.Adam(1e-3))
     ys = tf.random.stateless_uniform([2, 12, 12, 3], [1, 2])
@@ -117,7 +117,7 @@ def test_save_load_predict_identical(tmp_path, backbone, op):
 
 
 def test_learning_rate_schedule_holds_then_decays():
-    s = training.DelayedLinearDecay(2e-4, total_steps=100)
+    s = sei_model.DelayedLinearDecay(2e-4, total_steps=100)
     values = [float(s(k)) for k in (0, 50, 75, 100, 200)]
     np.testing.assert_allclose(values, [2e-4, 2e-4, 1.01e-4, 2e-6, 2e-6], rtol=1e-5)
 
@@ -127,12 +127,12 @@ DISTRIBUTED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from sei_tf import models, physics, training
+    from sei_tf import models, physics, sei_model
 
     def make(method):
         keras.utils.set_random_seed(0)
         op = physics.SuperResolution(2, noise_sigma=5)
-        m = training.SEIModel(models.build("cnn", upscale=2, features=8, num_blocks=1), op, method=method)
+        m = sei_model.SEIModel(models.build("cnn", upscale=2, features=8, num_blocks=1), op, method=method)
         m.compile(keras.optimizers.SGD(0.5))
         m.build((None, None, None, 3))
         return m
