@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # subprocesses and whole pipelines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 OUTPUTS = ("quality.md", "quality.csv", "quality.json", "learning_curves.png", "visual.png", "spectra.png")
