@@ -48,7 +48,7 @@ def main(argv):
         run("sei_tf.train", "--measurements", f"{data}/measurements", "--ground_truth", f"{data}/ground_truth",
             "--method", "sei", "--output", run_dir, "--epochs", str(FLAGS.epochs),
             "--steps_per_epoch", str(FLAGS.steps_per_epoch), "--patch_size", "32", "--batch_size", "8",
-            "--learning_rate", "5e-4", *overwrite)
+            "--learning_rate", "5e-4", "--precision", "auto", *overwrite)
         run("sei_tf.evaluate", "--model", f"{run_dir}/model.keras", "--measurements", f"{data}/measurements",
             "--ground_truth", f"{data}/ground_truth")
         run("sei_tf.restore", "--model", f"{run_dir}/model.keras", f"{data}/measurements",

@@ -219,13 +219,13 @@ def test_tasks_are_physics_and_methods_are_presets(quality):
 
 
 def test_cell_set_key_of_the_committed_results(quality):
-    """The default configuration still maps to the cell set of the committed results (cached cells stay valid)."""
+    """The default float32 configuration still maps to the cell set of the committed results (cached cells stay valid)."""
     from sei_tf import data
 
     committed = json.load(open(os.path.join(COMMITTED[0], "quality.json")))
     flags = quality.FLAGS
     flags.unparse_flags()
-    flags(["quality.py"])
+    flags(["quality.py", "--precision=float32"])
     try:
         cfg = quality.resolve_config()
     finally:
