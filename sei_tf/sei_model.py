@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from sei_tf import metrics, objectives, physics as physics_lib, rng
 from sei_tf import models  # also registers the backbones that saved models name
+from sei_tf.errors import SeiTfError
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -65,6 +66,9 @@ class SEIModel(keras.Model):
             self.method = objective
             objective = objectives.preset(objective, upscale=self.physics.upscale, **options)
         else:
+            if options:
+                raise SeiTfError(f"{', '.join(options)} only apply to a preset objective; set them on the "
+                                 "terms of a custom objective.")
             self.method = "custom"
             if objective and isinstance(objective[0], dict):
                 objective = objectives.deserialize(objective)

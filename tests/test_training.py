@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sei_tf import metrics, models, physics, sei_model, transforms
+from sei_tf import metrics, models, objectives, physics, sei_model, transforms
 from sei_tf.errors import SeiTfError
 from conftest import photo
 
@@ -166,3 +166,26 @@ def test_mirrored_step_matches_single_device():
         # One SGD step moves weights by ~1e-3; both runs agree to float32 reduction order.
         assert float(moved) > 1e-4, (method, moved)
         assert float(diff) < 1e-5, (method, diff)
+
+
+def test_custom_objective_is_a_list_of_terms(tmp_path):
+    from sei_tf import losses
+
+    op = physics.Blur("box:1", noise_sigma=3)
+    terms = [losses.SURE(tau=0.02), losses.Equivariance(transforms.Shift(), name="shift", weight=0.5)]
+    model = sei_model.SEIModel(models.build("cnn", features=8, num_blocks=1), op, objective=terms)
+    model.compile()
+    ys = tf.random.stateless_uniform([2, 16, 16, 3], [1, 2])
+    logs = model.fit(tf.data.Dataset.from_tensor_slices(ys).batch(2), verbose=0).history
+    assert set(logs) == {"loss", "sure", "shift"}
+    # The objective is the weighted sum of the terms.
+    values = model.loss_terms(ys, seed=[5, 6])
+    assert set(values) == {"sure", "shift"}
+    np.testing.assert_allclose(objectives.total(model.objective, values), values["sure"] + 0.5 * values["shift"],
+                               rtol=1e-6)
+    model.save(tmp_path / "custom.keras")
+    loaded = keras.saving.load_model(tmp_path / "custom.keras")
+    assert loaded.method == "custom" and [t.name for t in loaded.objective] == ["sure", "shift"]
+    assert loaded.objective[0].tau == 0.02 and loaded.objective[1].weight == 0.5
+    with pytest.raises(SeiTfError, match="only apply to a preset"):
+        sei_model.SEIModel(models.build("cnn", features=8, num_blocks=1), op, objective=terms, alpha=2.0)
