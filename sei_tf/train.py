@@ -103,7 +103,14 @@ def resolve_physics(measurements):
     if recorded is None and FLAGS.task is None:
         raise TrainingError("The measurements have no sei_tf.json sidecar: give --task "
                             "(and --factor or --kernel) and --noise_sigma.")
-    op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, factor=FLAGS.factor, kernel=FLAGS.kernel)
+    try:
+        op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, factor=FLAGS.factor,
+                                kernel=FLAGS.kernel)
+    except physics.PhysicsError as err:
+        if recorded is None:
+            raise
+        raise TrainingError(f"{err} {meta.get('_path', 'The sidecar')} records {recorded.describe()}; drop the "
+                            "flag(s) to use the recorded physics.") from err
     if recorded is not None:
         differences = recorded.differences(op)
         if differences:

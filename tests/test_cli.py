@@ -272,7 +272,7 @@ def test_train_refuses_settings_that_cannot_work(work, dataset):
         ("sei_tf.cli", "train", "--measurements", folder, "--task", "deblur", "--output", work / "run_cmd"))
     error_line(big_psf, "--patch_size 48", "48x48", "49x49 blur kernel")
     error_line(odd_batch, "--batch_size 3", "2 replicas")
-    error_line(kernel_flag, "--kernel=box:2", "sei_tf.json", "sr x2")
+    error_line(kernel_flag, "--kernel does not apply", "sei_tf.json", "records sr x2")
     error_line(sei_cmd, "--task=deblur", "contradicts", "sr x2")
     for run in ("run_psf", "run_batch", "run_kernel", "run_cmd"):
         assert not os.path.exists(work / run)
