@@ -106,13 +106,14 @@ def cell_train_step(spec):
 
 def cell_input_pipeline(spec):
     """Steps/s of `fit` reading measurement files (sei_tf.data) vs a batch held in memory."""
+    import numpy as np
     import tensorflow as tf
 
     from sei_tf import data
 
     model = _model("cnn", spec["task"], spec["precision"])
     with tempfile.TemporaryDirectory() as tmp:
-        rng = __import__("numpy").random.default_rng(1)
+        rng = np.random.default_rng(1)
         for i in range(16):
             data.write_image(os.path.join(tmp, f"m{i:02d}.tif"), rng.random((128, 128, 3), dtype="float32"))
         files = data.list_images(tmp)

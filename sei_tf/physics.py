@@ -271,12 +271,12 @@ TASKS = {"sr": SuperResolution, "deblur": Blur}
 
 
 def make(task, factor=None, kernel=None, noise_sigma=None, noise=None):
-    """Builds an operator from plain settings (command-line flags, older sidecars)."""
-    if task == "sr":
-        return SuperResolution(factor=factor or 2, noise_sigma=noise_sigma, noise=noise)
-    if task == "deblur":
-        return Blur(kernel=kernel if kernel is not None else "gaussian:2", noise_sigma=noise_sigma, noise=noise)
-    raise PhysicsError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+    """Builds an operator from plain settings; settings that do not apply to `task` are ignored."""
+    if task not in TASKS:
+        raise PhysicsError(f"Unknown task {task!r}: use one of {', '.join(TASKS)}.")
+    cls = TASKS[task]
+    settings = {k: v for k, v in (("factor", factor), ("kernel", kernel)) if v is not None and k in cls.settings}
+    return cls(noise_sigma=noise_sigma, noise=noise, **settings)
 
 
 def from_flags(task=None, noise_sigma=None, like=None, **settings):

@@ -82,15 +82,15 @@ def check_noise_level(meta, noise_sigma):
             raise DataError("No noise level: give noise_sigma (8-bit units) or use measurements "
                             "with a sei_tf.json sidecar.")
         return float(noise_sigma)
-    recorded = physics_from_sidecar(meta).noise_sigma
+    noise = physics_from_sidecar(meta).noise
+    recorded = getattr(noise, "sigma", None)
     if noise_sigma is None:
         return recorded
     if recorded is None or abs(float(noise_sigma) - recorded) > 1e-6:
         where = meta.get("_path", "the sidecar")
         raise DataError(
-            f"noise_sigma={float(noise_sigma):g} contradicts {where}, which records "
-            f"{physics_from_sidecar(meta).noise.describe()} for these measurements. Drop the flag to use "
-            "the recorded value.")
+            f"noise_sigma={float(noise_sigma):g} contradicts {where}, which records {noise.describe()} for "
+            "these measurements. Drop the flag to use the recorded value.")
     return recorded
 
 
