@@ -10,6 +10,15 @@ truth, float32 TIFF measurements).
 16-bit PNG files are decoded by `sei_tf.data.png16`, which sei-tf uses too
 (Pillow would reduce 16-bit colour to 8 bits). PNG output holds 8-bit grey/RGB
 or 16-bit grey; 16-bit colour output is written as TIFF.
+
+Broken and hostile input (files and HTTP uploads alike) raises an `ImageError`
+naming the file, never another exception: empty data, unknown formats
+(`UnsupportedFormat`), truncated or corrupt data, headers that claim more pixels
+than the limit (`ImageTooLarge`, checked before decoding; the default limit is
+SEI_TF_MAX_PIXELS or 178,956,970 pixels, see `sei_tf.data.guards`), compressed
+TIFF data that inflates beyond its header's size, TIFF colour spaces without a
+grey/RGB meaning (palette, CMYK, ...), pixel types other than uint8, uint16 and
+float, more than 4 channels, and NaN or Inf values.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import os
 
 import numpy as np
 
-from sei_tf.data import png16
+from sei_tf.data import guards, png16
 from sei_tf.errors import SeiTfError
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".npy": "npy"}
@@ -39,20 +48,13 @@ class ImageTooLarge(ImageError):
 
 
 def sniff(data: bytes) -> str | None:
-    """The format from the first bytes: 'png', 'jpeg', 'tiff', 'npy' or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if data.startswith(b"\x93NUMPY"):
-        return "npy"
-    return None
+    """The format from the first bytes: 'png', 'jpeg', 'tiff', 'npy' or None (anything else, DICOM included)."""
+    fmt = guards.sniff(data)
+    return fmt if fmt in ("png", "jpeg", "tiff", "npy") else None
 
 
 def read_image(path, max_pixels: int | None = None) -> np.ndarray:
-    """Reads a PNG/JPEG/TIFF/.npy file into a NumPy array (see module doc)."""
+    """Reads a PNG/JPEG/TIFF/.npy file into a NumPy array (see module doc and `decode_image`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
@@ -62,46 +64,82 @@ def read_image(path, max_pixels: int | None = None) -> np.ndarray:
 
 
 def decode_image(data: bytes, max_pixels: int | None = None, name: str = "upload") -> np.ndarray:
-    """Decodes image bytes; the pixel limit is checked from the header first."""
-    fmt = sniff(data[:16])
-    if fmt is None:
-        raise UnsupportedFormat(f"{name}: not a PNG, JPEG, TIFF or .npy image.")
+    """Decodes image bytes (a file's or an upload's) into a NumPy array (see module doc).
+
+    max_pixels: the largest image (H * W) decoded, checked from the header before
+    decoding; None: the default limit (SEI_TF_MAX_PIXELS or 178,956,970 pixels,
+    see `sei_tf.data.guards`); 0: no limit.
+
+    Returns an HxW or HxWxC (C = 3) array: uint8, uint16 or float, finite.
+
+    Raises:
+      ImageError (its subclasses UnsupportedFormat, ImageTooLarge): whatever is
+        wrong with the data; the message starts with `name`.
+    """
+    if not data:
+        raise ImageError(f"{name}: the file is empty (0 bytes).")
+    fmt = guards.sniff(data[:132])
+    if fmt not in ("png", "jpeg", "tiff", "npy"):
+        found = f" (a {guards.FORMAT_NAMES[fmt]} file)" if fmt else ""
+        raise UnsupportedFormat(f"{name}: not a PNG, JPEG, TIFF or .npy image{found}.")
     try:
+        limit = guards.max_pixels(max_pixels)
         if fmt == "npy":
-            return _decode_npy(data, max_pixels, name)
-        if fmt == "tiff":
-            return _decode_tiff(data, max_pixels, name)
-        if fmt == "png" and png16.read_header(data)[2] == 16:
-            return _decode_png16(data, max_pixels, name)
-        return _decode_pillow(data, fmt, max_pixels, name)
+            arr = _decode_npy(data, limit, name)
+        elif fmt == "tiff":
+            arr = _decode_tiff(data, limit, name)
+        elif fmt == "png":
+            width, height, bit_depth = png16.read_header(data)[:3]  # checked before Pillow sees the data
+            guards.check_pixels(height, width, name, limit, ImageError, ImageTooLarge)
+            arr = _decode_png16(data) if bit_depth == 16 else _decode_pillow(data, fmt, limit, name)
+        else:
+            arr = _decode_pillow(data, fmt, limit, name)
     except ImageError:
         raise
+    except SeiTfError as err:  # a bad SEI_TF_MAX_PIXELS
+        raise ImageError(str(err)) from err
+    except MemoryError as err:
+        raise ImageError(f"{name}: out of memory while decoding {fmt.upper()} data ({err}).") from None
     except Exception as err:  # truncated/corrupt files raise many types
         raise ImageError(f"{name}: could not decode {fmt.upper()} data ({type(err).__name__}: {err}).") from err
+    return _checked(arr, name)
 
 
-def _check_pixels(h, w, max_pixels, name):
-    if max_pixels is not None and h * w > max_pixels:
-        raise ImageTooLarge(f"{name}: {w}x{h} = {h * w} pixels exceeds the limit of {max_pixels}.")
+def _checked(arr, name):
+    """The decoded array if it is an image the restorer can take: HxW or HxWx3, uint8/uint16/float, finite."""
+    if arr.dtype not in (np.uint8, np.uint16) and arr.dtype.kind != "f":
+        raise ImageError(f"{name}: unsupported pixel type {arr.dtype}; use uint8, uint16 or float.")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
+        raise ImageError(f"{name}: expected a greyscale or RGB image (HxW or HxWx3, alpha dropped), got shape "
+                         f"{arr.shape}.")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{name}: the image is empty (shape {arr.shape}).")
+    if arr.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise ImageError(f"{name}: the image holds {bad} NaN or Inf value(s).")
+    return arr
 
 
-def _decode_npy(data, max_pixels, name):
+def _decode_npy(data, limit, name):
     buf = io.BytesIO(data)
-    version = np.lib.format.read_magic(buf)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(buf)
-    if dtype.hasobject:
-        raise ImageError(f"{name}: .npy holds Python objects; only numeric arrays are accepted.")
-    if len(shape) not in (2, 3):
-        raise ImageError(f"{name}: .npy array has shape {shape}; expected HxW or HxWxC.")
-    _check_pixels(shape[0], shape[1], max_pixels, name)
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    shape, dtype = guards.read_npy_header(buf)
+    guards.check_npy_header(shape, dtype, len(data) - buf.tell(), name, limit, ImageError, ImageTooLarge)
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.ndim == 4:  # (1, H, W, C)
+        arr = arr[0]
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey+alpha, RGBA: drop alpha
+        arr = arr[..., :-1]
+    return np.ascontiguousarray(arr)
 
 
-def _decode_tiff(data, max_pixels, name):
+def _decode_tiff(data, limit, name):
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        guards.check_tiff(tif, name, limit, ImageError, ImageTooLarge)
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if n != 1 or a in "YX"]
@@ -110,8 +148,6 @@ def _decode_tiff(data, max_pixels, name):
         if axes not in ("YX", "YXS", "SYX", "CYX", "YXC"):
             raise ImageError(f"{name}: TIFF with axes {series.axes!r} {series.shape} is not a single 2-D image "
                              "(stacks/multi-page volumes are not supported).")
-        h, w = shape[axes.index("Y")], shape[axes.index("X")]
-        _check_pixels(h, w, max_pixels, name)
         arr = series.asarray().reshape(shape)
     if axes in ("SYX", "CYX"):
         arr = np.moveaxis(arr, 0, -1)
@@ -122,21 +158,25 @@ def _decode_tiff(data, max_pixels, name):
     return np.ascontiguousarray(arr)
 
 
-def _decode_png16(data, max_pixels, name):
-    width, height, _, _, _ = png16.read_header(data)
-    _check_pixels(height, width, max_pixels, name)
+def _decode_png16(data):
     arr = png16.decode(data)  # (H, W, C) uint16, C = 1 to 4
     if arr.shape[-1] in (2, 4):  # grey+alpha, RGBA: drop alpha
         arr = arr[..., :-1]
     return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
-def _decode_pillow(data, fmt, max_pixels, name):
+def _decode_pillow(data, fmt, limit, name):
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:  # Pillow's own limit, see `sei_tf.data.guards`
+        raise ImageTooLarge(f"{name}: {err} Pillow refuses PNG/JPEG images this large; use TIFF.") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: Pillow cannot read this {fmt.upper()} header (corrupt file?).") from None
+    with im:
         w, h = im.size
-        _check_pixels(h, w, max_pixels, name)
+        guards.check_pixels(h, w, name, limit, ImageError, ImageTooLarge)
         im.load()
         mode = im.mode
         if mode == "P":

@@ -25,7 +25,11 @@ Pixels are taken as stored: EXIF orientation tags are not applied and alpha is
 not composited.
 
 Every error about user data is a `DataError` (a `SeiTfError` and a `ValueError`)
-whose message names the file concerned.
+whose message names the file concerned. Broken and hostile files are refused
+before they are decoded (see `sei_tf.data.guards`): content that does not match
+the extension, headers that claim more pixels than the limit (SEI_TF_MAX_PIXELS,
+default 178,956,970), compressed TIFF data that inflates beyond its header's size,
+and pixel types or TIFF colour spaces that have no grey/RGB meaning.
 """
 
 import io
@@ -34,7 +38,7 @@ import os
 import numpy as np
 from absl import logging
 
-from sei_tf.data import png16
+from sei_tf.data import guards, png16
 from sei_tf.errors import SeiTfError
 
 SUPPORTED_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".npy")
@@ -233,40 +237,48 @@ def _pil_to_array(im, source):
     raise DataError(f"{source}: unsupported image mode {mode!r}.")
 
 
-def _read_png(path):
-    from PIL import Image
-
+def _read_png(path, limit):
     with open(path, "rb") as f:
         data = f.read()
-    if data[:8] != png16.SIGNATURE or len(data) < 33:
+    if data[:8] != png16.SIGNATURE or len(data) < 33 or data[12:16] != b"IHDR":
         raise DataError(f"{path}: not a valid PNG file (bad signature or header).")
-    if png16.read_header(data)[2] == 16:  # Pillow would reduce 16-bit colour to 8 bits
+    width, height, bit_depth = png16.read_header(data)[:3]
+    guards.check_pixels(height, width, path, limit, DataError)
+    if bit_depth == 16:  # Pillow would reduce 16-bit colour to 8 bits
         return _scale_array(_as_hwc(png16.decode(data), path), path)
-    with Image.open(io.BytesIO(data)) as im:
+    return _read_pillow(io.BytesIO(data), path, limit)
+
+
+def _read_pillow(fp, path, limit):
+    """PNG (8 bits or fewer) and JPEG through Pillow: the size is checked before decoding."""
+    from PIL import Image
+
+    try:
+        im = Image.open(fp)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, see `sei_tf.data.guards`
+        raise DataError(f"{path}: {e} Pillow refuses PNG/JPEG files this large; use TIFF.") from None
+    with im:
+        guards.check_pixels(im.size[1], im.size[0], path, limit, DataError)
         im.load()  # decodes everything: detects truncated/corrupt data and bad CRCs
         return _pil_to_array(im, path)
 
 
-def _read_jpeg(path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        return _pil_to_array(im, path)
-
-
-def _read_tiff(path):
+def _read_tiff(path, limit):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if len(tif.series) != 1 or len(tif.pages) != 1:
+        if len(tif.pages) > 1 or len(tif.series) > 1:
             raise DataError(
                 f"{path}: multi-page TIFF ({len(tif.pages)} pages); save one image per file.")
+        guards.check_tiff(tif, path, limit, DataError)
         arr = tif.asarray()
     return _scale_array(_as_hwc(arr, path), path)
 
 
-def _read_npy(path):
+def _read_npy(path, limit):
+    with open(path, "rb") as f:
+        shape, dtype = guards.read_npy_header(f)
+        guards.check_npy_header(shape, dtype, os.fstat(f.fileno()).st_size - f.tell(), path, limit, DataError)
     arr = np.load(path, allow_pickle=False)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
@@ -311,7 +323,7 @@ def dicom_value_range(path_or_dataset):
     return lo, hi
 
 
-def _read_dicom(path, dicom_window=None):
+def _read_dicom(path, dicom_window=None, limit=None):
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -321,6 +333,7 @@ def _read_dicom(path, dicom_window=None):
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DataError(f"{path}: multi-frame DICOM ({frames} frames); save one slice per file.")
+    guards.check_pixels(int(ds.Rows), int(ds.Columns), path, limit, DataError)
     px = ds.pixel_array
     samples = int(getattr(ds, "SamplesPerPixel", 1))
     if samples == 1:
@@ -338,7 +351,28 @@ def _read_dicom(path, dicom_window=None):
     return _as_hwc(arr, path)
 
 
-def read_image(path, dicom_window=None):
+_EXTENSION_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff",
+                      ".npy": "npy", ".dcm": "dicom", "": "dicom"}
+
+
+def _check_content(path, ext):
+    """Refuses an empty file, and content of another format than its extension says."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if not head:
+        raise DataError(f"{path}: the file is empty (0 bytes).")
+    expected, found = _EXTENSION_FORMATS.get(ext), guards.sniff(head)
+    if expected is None or found == expected:
+        return
+    if found is not None:
+        raise DataError(f"{path}: the file holds {guards.FORMAT_NAMES[found]} data, but its extension {ext!r} "
+                        f"says {guards.FORMAT_NAMES[expected]}; rename it.")
+    if expected != "dicom":  # DICOM files without the 128-byte preamble exist; pydicom decides
+        raise DataError(f"{path}: not a {guards.FORMAT_NAMES[expected]} file (its first bytes are "
+                        f"{head[:8]!r}): corrupt, or not an image.")
+
+
+def read_image(path, dicom_window=None, max_pixels=None):
     """Reads one image file as float32 (H, W, C), C = 1 or 3, values in [0, 1] units.
 
     Integer formats are divided by their full scale (255, 65535); float TIFF and
@@ -348,30 +382,41 @@ def read_image(path, dicom_window=None):
     16-bit range would squeeze the tissue values into a narrow band; values outside
     the window fall outside [0, 1] and are kept.
 
+    `max_pixels`: the largest image (H * W) decoded, checked from the header
+    before decoding; None: SEI_TF_MAX_PIXELS or 178,956,970 (see
+    `sei_tf.data.guards`); 0: no limit.
+
     Raises:
-      DataError: unreadable, corrupt or truncated file, unsupported layout or
-        pixel type, or NaN/Inf values; the message names the file.
+      DataError: empty, unreadable, corrupt or truncated file, content that does
+        not match the extension, more pixels than `max_pixels`, unsupported layout
+        or pixel type, or NaN/Inf values; the message names the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"Not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     try:
+        limit = guards.max_pixels(max_pixels)
+        if ext in _EXTENSION_FORMATS:
+            _check_content(path, ext)
         if ext == ".png":
-            arr = _read_png(path)
+            arr = _read_png(path, limit)
         elif ext in (".jpg", ".jpeg"):
-            arr = _read_jpeg(path)
+            arr = _read_pillow(path, path, limit)
         elif ext in (".tif", ".tiff"):
-            arr = _read_tiff(path)
+            arr = _read_tiff(path, limit)
         elif ext == ".npy":
-            arr = _read_npy(path)
+            arr = _read_npy(path, limit)
         elif ext == ".dcm" or (ext == "" and _is_dicom_without_extension(path)):
-            arr = _read_dicom(path, dicom_window)
+            arr = _read_dicom(path, dicom_window, limit)
         else:
             raise DataError(
                 f"{path}: unsupported file type; supported formats: {', '.join(SUPPORTED_EXTENSIONS)}.")
-    except DataError:
+    except SeiTfError:
         raise
+    except MemoryError as e:
+        raise DataError(f"{path}: out of memory while decoding ({e}); the image is too large for this "
+                        "machine, or its header is corrupt.") from None
     except Exception as e:  # decoders raise many types (OSError, SyntaxError, zlib.error, ...)
         raise DataError(f"{path}: cannot read the image (corrupt or truncated file?): "
                         f"{type(e).__name__}: {e}") from e

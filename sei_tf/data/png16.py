@@ -107,23 +107,29 @@ def decode(data):
             idat.append(body)
         elif kind[:1].isupper() and kind not in (b"IHDR", b"PLTE", b"IEND"):  # upper case: critical
             raise ValueError(f"unknown critical chunk {kind!r}")
-    raw = zlib.decompress(b"".join(idat))
     channels = _CHANNELS[colour_type]
     bpp = 2 * channels  # bytes per pixel
-    pixels = np.zeros((height, width, bpp), np.uint8)
-    offset = 0
+    passes = []  # (first row, first column, row step, column step, rows, columns) of the non-empty passes
     for row0, col0, row_step, col_step in _ADAM7 if interlace else ((0, 0, 1, 1),):
         h, w = -(-(height - row0) // row_step), -(-(width - col0) // col_step)
-        if h <= 0 or w <= 0:
-            continue  # a pass that holds no pixel of a small image is absent from the data
+        if h > 0 and w > 0:  # a pass that holds no pixel of a small image is absent from the data
+            passes.append((row0, col0, row_step, col_step, h, w))
+    expected = sum(h * (1 + w * bpp) for *_, h, w in passes)
+    # Inflate at most one byte more than the header allows: a small stream that inflates
+    # to gigabytes (a decompression bomb) is refused without being inflated.
+    inflater = zlib.decompressobj()
+    raw = inflater.decompress(b"".join(idat), expected + 1)
+    if len(raw) > expected:
+        raise ValueError("the image data is longer than the header says (corrupt file?)")
+    if len(raw) < expected:
+        raise ValueError("the image data is shorter than the header says (truncated file?)")
+    pixels = np.zeros((height, width, bpp), np.uint8)
+    offset = 0
+    for row0, col0, row_step, col_step, h, w in passes:
         size = h * (1 + w * bpp)
-        if offset + size > len(raw):
-            raise ValueError("the image data is shorter than the header says (truncated file?)")
         rows = np.frombuffer(raw, np.uint8, size, offset).reshape(h, 1 + w * bpp)
         pixels[row0::row_step, col0::col_step] = _unfilter(rows, bpp)
         offset += size
-    if offset != len(raw):
-        raise ValueError("the image data is longer than the header says (corrupt file?)")
     return pixels.view(">u2").astype(np.uint16)
 
 
