@@ -83,7 +83,7 @@ def decode_image(data: bytes, max_pixels: int | None = None, name: str = "upload
         found = f" (a {guards.FORMAT_NAMES[fmt]} file)" if fmt else ""
         raise UnsupportedFormat(f"{name}: not a PNG, JPEG, TIFF or .npy image{found}.")
     try:
-        limit = guards.max_pixels(max_pixels)
+        limit = guards.max_pixels(max_pixels, ImageError)
         if fmt == "npy":
             arr = _decode_npy(data, limit, name)
         elif fmt == "tiff":
@@ -96,8 +96,6 @@ def decode_image(data: bytes, max_pixels: int | None = None, name: str = "upload
             arr = _decode_pillow(data, fmt, limit, name)
     except ImageError:
         raise
-    except SeiTfError as err:  # a bad SEI_TF_MAX_PIXELS
-        raise ImageError(str(err)) from err
     except MemoryError as err:
         raise ImageError(f"{name}: out of memory while decoding {fmt.upper()} data ({err}).") from None
     except Exception as err:  # truncated/corrupt files raise many types
@@ -106,14 +104,13 @@ def decode_image(data: bytes, max_pixels: int | None = None, name: str = "upload
 
 
 def _checked(arr, name):
-    """The decoded array if it is an image the restorer can take: HxW or HxWx3, uint8/uint16/float, finite."""
+    """The decoded array if it is an image the restorer can take: HxW or HxWxC (C = 1 or 3), uint8/uint16/float,
+    finite."""
     if arr.dtype not in (np.uint8, np.uint16) and arr.dtype.kind != "f":
         raise ImageError(f"{name}: unsupported pixel type {arr.dtype}; use uint8, uint16 or float.")
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3)):
-        raise ImageError(f"{name}: expected a greyscale or RGB image (HxW or HxWx3, alpha dropped), got shape "
-                         f"{arr.shape}.")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3))):
+        raise ImageError(f"{name}: expected a greyscale or RGB image (HxW or HxWxC, C = 1 or 3 after dropping "
+                         f"alpha), got shape {arr.shape}.")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{name}: the image is empty (shape {arr.shape}).")
     if arr.dtype.kind == "f":
@@ -139,7 +136,7 @@ def _decode_tiff(data, limit, name):
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
-        guards.check_tiff(tif, name, limit, ImageError, ImageTooLarge)
+        guards.check_tiff(tif, name, limit, ImageError, ImageTooLarge, max_pages=4)  # 4: planar RGBA
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if n != 1 or a in "YX"]

@@ -2,7 +2,8 @@
 
 Readers: the training/simulation/restoration reader `sei_tf.data.files.read_image`
 (files on disk, by extension), serving's `serving.images.read_image` (files) and
-`serving.images.decode_image` (bytes, as an HTTP upload hands them over).
+`serving.images.decode_image` (bytes, as an HTTP upload hands them over); the
+corpus also goes through the HTTP service itself (4xx, never 5xx).
 
 - The corpus (tests/fixtures/bad_inputs/, written by its make_corpus.py): every
   file gets the outcome make_corpus.py records for it, either a sane image or the
@@ -99,7 +100,7 @@ def _classify(reader, result, path):
                 and min(result.shape[:2]) >= 1 and np.all(np.isfinite(result)))
     else:
         sane = ((result.dtype in (np.uint8, np.uint16) or result.dtype.kind == "f")
-                and (result.ndim == 2 or (result.ndim == 3 and result.shape[-1] == 3))
+                and (result.ndim == 2 or (result.ndim == 3 and result.shape[-1] in (1, 3)))
                 and min(result.shape[:2]) >= 1 and (result.dtype.kind != "f" or np.all(np.isfinite(result))))
     return "decoded" if sane else "other"
 
@@ -145,7 +146,7 @@ def test_corpus_messages_say_what_is_wrong():
     assert "the file is empty (0 bytes)" in message("empty.png", "serving upload")
     assert "holds PNG data, but its extension '.tif' says TIFF; rename it" in message("png_named.tif")
     assert "not a PNG, JPEG, TIFF or .npy image (a DICOM file)" in message("ok_ct.dcm", "serving upload")
-    assert "100000 x 100000 = 10,000,000,000 pixels is more than the limit of 178,956,970" in message("bomb.tif")
+    assert "100000 x 100000 = 10,000,000,000 pixels exceeds the limit of 178,956,970" in message("bomb.tif")
     assert "SEI_TF_MAX_PIXELS" in message("bomb16.png", "serving file")
     assert "inflates to more than the 64 bytes its header allows" in message("deflate_bomb.tif", "serving upload")
     assert "longer than the header says" in message("zlib_bomb16.png")
@@ -159,7 +160,7 @@ TOO_LARGE = ("bomb.png", "bomb16.png", "bomb.jpg", "bomb.tif", "bomb.npy", "bomb
 
 
 @pytest.mark.parametrize("reader", READERS)
-@pytest.mark.parametrize("name", TOO_LARGE + ("deflate_bomb.tif", "zlib_bomb16.png"))
+@pytest.mark.parametrize("name", TOO_LARGE + ("deflate_bomb.tif", "packbits_bomb.tif", "zlib_bomb16.png", "many_pages.tif"))
 def test_bombs_are_refused_before_allocating(name, reader):
     """10-gigapixel headers and 16 MB zlib streams: refused with under 4 MB traced (an 8-bit 10-GP image is 10 GB)."""
     if reader != "train" and name.endswith(".dcm"):
@@ -179,6 +180,28 @@ def test_bombs_are_refused_before_allocating(name, reader):
     assert peak < 4 * 2**20, f"{name}: {peak / 2**20:.1f} MB traced"
 
 
+def test_corpus_over_http():
+    """Every corpus file uploaded to the HTTP service: 200 for a decodable image (422 when its channels do
+    not fit the model), else a 4xx whose message names the upload; never a 5xx."""
+    from fastapi.testclient import TestClient
+
+    from serving import Restorer
+    from serving.http import create_app
+
+    restorer = Restorer(os.path.join(ROOT, "tests", "fixtures", "v0_1", "sr2_sei.onnx"), device="cpu")
+    with TestClient(create_app(restorer)) as client:
+        for name in sorted(EXPECTED):
+            with open(os.path.join(CORPUS, name), "rb") as f:
+                response = client.post("/restore", files={"file": (name, f.read())})
+            if _expected_outcome(name, "serving upload") == "decoded":
+                outcome = "decoded" if response.status_code in (200, 422) else "other"
+            else:  # serving.http answers an empty upload itself ("empty upload")
+                ok = 400 <= response.status_code < 500 and (name in response.text or name.startswith("empty."))
+                outcome = "clear error" if ok else "other"
+            OUTCOMES[("corpus", "HTTP upload")][outcome] += 1
+            assert outcome != "other", f"{name}: {response.status_code} {response.text[:300]}"
+
+
 # --------------------------------------------------------------------------------------
 # The pixel limit
 # --------------------------------------------------------------------------------------
@@ -193,11 +216,11 @@ def test_pixel_limit_is_exact_and_overridable(name, monkeypatch):
         assert _classify(reader, _read(reader, path, max_pixels=pixels), path) == "decoded"
         refused = _read(reader, path, max_pixels=pixels - 1)
         assert _classify(reader, refused, path) == "clear error"
-        assert f"more than the limit of {pixels - 1:,} pixels" in str(refused)
+        assert f"exceeds the limit of {pixels - 1:,} pixels" in str(refused)
         if reader != "train":
             assert isinstance(refused, images.ImageTooLarge)
         monkeypatch.setenv(guards.MAX_PIXELS_ENV, str(pixels - 1))
-        assert "more than the limit" in str(_read(reader, path))  # the environment sets the default
+        assert "exceeds the limit" in str(_read(reader, path))  # the environment sets the default
         assert _classify(reader, _read(reader, path, max_pixels=pixels), path) == "decoded"  # the argument wins
         monkeypatch.setenv(guards.MAX_PIXELS_ENV, "0")  # no limit
         assert _classify(reader, _read(reader, path), path) == "decoded"

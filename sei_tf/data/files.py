@@ -267,10 +267,7 @@ def _read_tiff(path, limit):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if len(tif.pages) > 1 or len(tif.series) > 1:
-            raise DataError(
-                f"{path}: multi-page TIFF ({len(tif.pages)} pages); save one image per file.")
-        guards.check_tiff(tif, path, limit, DataError)
+        guards.check_tiff(tif, path, limit, DataError)  # one page
         arr = tif.asarray()
     return _scale_array(_as_hwc(arr, path), path)
 
@@ -396,7 +393,7 @@ def read_image(path, dicom_window=None, max_pixels=None):
         raise DataError(f"Not found: {path}")
     ext = os.path.splitext(path)[1].lower()
     try:
-        limit = guards.max_pixels(max_pixels)
+        limit = guards.max_pixels(max_pixels, DataError)
         if ext in _EXTENSION_FORMATS:
             _check_content(path, ext)
         if ext == ".png":

@@ -66,11 +66,12 @@ def sniff(head):
     return None
 
 
-def max_pixels(override=None):
+def max_pixels(override=None, error=SeiTfError):
     """The largest image a reader decodes, in pixels (H * W), or None for no limit.
 
     `override` (an argument of the reader) wins; else the environment variable
-    SEI_TF_MAX_PIXELS; else DEFAULT_MAX_PIXELS. 0 means no limit.
+    SEI_TF_MAX_PIXELS; else DEFAULT_MAX_PIXELS. 0 means no limit. A value that
+    is not a non-negative integer raises `error`.
     """
     value = override
     if value is None:
@@ -80,9 +81,9 @@ def max_pixels(override=None):
         try:
             value = int(text.replace("_", ""))
         except ValueError:
-            raise SeiTfError(f"{MAX_PIXELS_ENV}={text!r} is not an integer number of pixels (0: no limit).") from None
+            raise error(f"{MAX_PIXELS_ENV}={text!r} is not an integer number of pixels (0: no limit).") from None
     if isinstance(value, bool) or int(value) != value or value < 0:
-        raise SeiTfError(f"max_pixels must be a non-negative integer (0: no limit), got {value!r}.")
+        raise error(f"max_pixels must be a non-negative integer (0: no limit), got {value!r}.")
     return int(value) or None
 
 
@@ -93,41 +94,50 @@ def check_pixels(height, width, source, limit, error, too_large=None):
     if height < 1 or width < 1:
         raise error(f"{source}: the image is empty ({width} x {height} pixels).")
     if limit is not None and height * width > limit:
-        raise (too_large or error)(f"{source}: {width} x {height} = {height * width:,} pixels is more than the limit of "
-                    f"{limit:,} pixels (a corrupt or hostile header?). If the image is real, raise the limit "
-                    f"({MAX_PIXELS_ENV}=N in the environment, or max_pixels=N; 0 = no limit).")
+        raise (too_large or error)(
+            f"{source}: {width} x {height} = {height * width:,} pixels exceeds the limit of {limit:,} pixels "
+            f"(a corrupt or hostile header?). If the image is real, raise the limit (max_pixels, or "
+            f"{MAX_PIXELS_ENV} in the environment; 0 = no limit).")
 
 
-def check_tiff(tif, source, limit, error, too_large=None):
+def check_tiff(tif, source, limit, error, too_large=None, max_pages=1):
     """Checks every page of the first series of an open `tifffile.TiffFile` before it is decoded.
 
-    Refuses (with `error`): no image, more pixels than `limit` (with `too_large`,
-    default `error`), samples that are not grey/RGB values (palette, CMYK,
-    min-is-white, Lab), and compressed segments that inflate to more bytes than
-    the header's size allows (a zlib/LZMA/PackBits bomb, or a corrupt stream).
+    Refuses (with `error`): no image, more than `max_pages` pages (checked by
+    walking at most `max_pages` + 1 IFDs: a file can chain millions), more pixels
+    than `limit` (with `too_large`, default `error`), samples that are not grey/RGB
+    values (palette, CMYK, min-is-white, Lab), and compressed segments that inflate
+    to more bytes than the header's size allows (a zlib/LZMA/PackBits bomb, or a
+    corrupt stream).
     """
+    try:
+        tif.pages[max_pages]
+    except IndexError:
+        pass
+    else:
+        raise error(f"{source}: a TIFF of more than {max_pages} page(s) (a stack or a multi-page file); save "
+                    "one image per file.")
     if not tif.pages or not tif.series:
         raise error(f"{source}: the TIFF holds no image (corrupt file?).")
     for page in tif.series[0].pages:
         if page is None:
             continue
-        page = page.keyframe if hasattr(page, "keyframe") and page.keyframe is not None else page
-        check_pixels(page.imagelength, page.imagewidth * max(1, page.imagedepth), source, limit, error, too_large)
-        photometric = int(page.photometric)
+        key = page.keyframe  # the page itself, or the page whose tags a TiffFrame shares
+        check_pixels(key.imagelength, key.imagewidth * max(1, key.imagedepth), source, limit, error, too_large)
+        photometric = int(key.photometric)
         if photometric in _PHOTOMETRIC_REFUSED:
             raise error(f"{source}: {_PHOTOMETRIC_REFUSED[photometric]} TIFF; save it as greyscale or RGB.")
-    for page in tif.series[0].pages:
-        if page is not None and int(page.compression) in (_DEFLATE, _DEFLATE_OLD, _LZMA, _PACKBITS):
-            _check_segments(tif, page, source, error)
+        if int(key.compression) in (_DEFLATE, _DEFLATE_OLD, _LZMA, _PACKBITS):
+            _check_segments(tif, key, page.dataoffsets, page.databytecounts, source, error)
 
 
-def _check_segments(tif, page, source, error):
-    """Inflates each compressed segment of `page` with a bound: at most the segment's size in the header."""
-    bytes_per_sample = math.ceil(int(page.bitspersample) / 8)
-    expected = int(np.prod(page.chunks)) * bytes_per_sample  # one strip or tile, uncompressed
-    compression = int(page.compression)
+def _check_segments(tif, key, offsets, counts, source, error):
+    """Inflates each compressed segment with a bound: at most the segment's size in the header (`key`'s tags)."""
+    bytes_per_sample = math.ceil(int(key.bitspersample) / 8)
+    expected = int(np.prod(key.chunks)) * bytes_per_sample  # one strip or tile, uncompressed
+    compression = int(key.compression)
     fh = tif.filehandle
-    for offset, count in zip(page.dataoffsets, page.databytecounts):
+    for offset, count in zip(offsets, counts):
         if count == 0:
             continue
         fh.seek(offset)
