@@ -44,6 +44,7 @@ FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "npy": "NumPy .npy
 # TIFF photometric interpretations whose samples are not grey or RGB values.
 _PHOTOMETRIC_REFUSED = {0: "min-is-white (inverted grey)", 3: "palette (indexed colour)", 4: "transparency mask",
                         5: "CMYK (separated)", 8: "CIELAB", 9: "ICCLAB", 10: "ITULAB"}
+_YCBCR, _JPEG = 6, (6, 7, 33007, 34892)  # photometric YCbCr; the TIFF compressions that are JPEG
 # TIFF compressions whose decoders (Python's zlib and lzma, tifffile's PackBits) allocate
 # whatever the stream inflates to: their segments are inflated with a bound first.
 _DEFLATE, _DEFLATE_OLD, _LZMA, _PACKBITS = 8, 32946, 34925, 32773
@@ -82,7 +83,11 @@ def max_pixels(override=None, error=SeiTfError):
             value = int(text.replace("_", ""))
         except ValueError:
             raise error(f"{MAX_PIXELS_ENV}={text!r} is not an integer number of pixels (0: no limit).") from None
-    if isinstance(value, bool) or int(value) != value or value < 0:
+    try:
+        valid = not isinstance(value, bool) and int(value) == value and value >= 0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
         raise error(f"max_pixels must be a non-negative integer (0: no limit), got {value!r}.")
     return int(value) or None
 
@@ -125,6 +130,8 @@ def check_tiff(tif, source, limit, error, too_large=None, max_pages=1):
         key = page.keyframe  # the page itself, or the page whose tags a TiffFrame shares
         check_pixels(key.imagelength, key.imagewidth * max(1, key.imagedepth), source, limit, error, too_large)
         photometric = int(key.photometric)
+        if photometric == _YCBCR and int(key.compression) not in _JPEG:  # only JPEG decoders give RGB
+            raise error(f"{source}: YCbCr TIFF without JPEG compression; save it as greyscale or RGB.")
         if photometric in _PHOTOMETRIC_REFUSED:
             raise error(f"{source}: {_PHOTOMETRIC_REFUSED[photometric]} TIFF; save it as greyscale or RGB.")
         if int(key.compression) in (_DEFLATE, _DEFLATE_OLD, _LZMA, _PACKBITS):
