@@ -52,8 +52,14 @@ _DEFLATE, _DEFLATE_OLD, _LZMA, _PACKBITS = 8, 32946, 34925, 32773
 
 def sniff(head):
     """The format of a file from its first bytes (132 are enough): 'png', 'jpeg',
-    'tiff', 'npy', 'dicom' (the 'DICM' marker after the 128-byte preamble) or None."""
+    'tiff', 'npy', 'dicom' (the 'DICM' marker after the 128-byte preamble) or None.
+
+    DICOM comes first: its preamble may hold another format's header (DICOM-TIFF
+    dual-format files; pydicom's CT_small.dcm starts with a TIFF header).
+    """
     head = bytes(head[:132])
+    if head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -62,8 +68,6 @@ def sniff(head):
         return "tiff"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
-    if head[128:132] == b"DICM":
-        return "dicom"
     return None
 
 
