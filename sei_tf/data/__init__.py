@@ -14,7 +14,9 @@ Conventions used throughout (see also `sei_tf.physics`):
 Modules (every name below is also available as `sei_tf.data.<name>`):
 
 * `files`: listing, reading and writing image files (formats, `DataError`);
-  `png16`: the 16-bit PNG codec it uses;
+  `png16`: the 16-bit PNG codec it uses; `guards`: the checks on broken and hostile
+  files that it and `serving.images` run before decoding (the pixel limit,
+  SEI_TF_MAX_PIXELS);
 * `sidecar`: the physics recorded in `sei_tf.json` next to measurements;
 * `diagnostics`: noise-level estimate and checks of SURE's assumptions;
 * `samples`: scikit-image's photographs as ground truth;
