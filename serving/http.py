@@ -290,7 +290,8 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
         except images.UnsupportedFormat as err:
             raise HTTPException(415, str(err))
         except SeiTfError as err:
-            raise HTTPException(400, str(err))
+            bomb = type(err.__cause__).__name__ == "DecompressionBombError"  # Pillow's own pixel limit
+            raise HTTPException(413 if bomb else 400, str(err))
         except MemoryError:
             raise HTTPException(413, f"{name}: not enough memory to decode this image")
         except Exception as err:  # any decoder failure is the upload's problem: 400, never 500
