@@ -59,7 +59,9 @@ def define_flags():
     flags.DEFINE_integer("scale", 2, "SR factor.")
     flags.DEFINE_integer("max_concurrency", 2, "Server: worker threads.")
     flags.DEFINE_integer("max_queue", 8, "Server: queue places.")
-    flags.DEFINE_integer("threads", 0, "Server: onnxruntime intra-op threads (0: onnxruntime's default).")
+    flags.DEFINE_integer("threads", 1, "Server: onnxruntime intra-op threads (0: onnxruntime's default); "
+                         "1 thread per worker, with as many workers as cores, does not oversubscribe the CPU.")
+    flags.DEFINE_enum("spinning", "off", ["default", "on", "off"], "Server: onnxruntime thread spinning.")
     flags.DEFINE_string("workdir", os.path.join(ROOT, "benchmarks", "cache"), "The model is written here.")
     flags.DEFINE_string("results", os.path.join(ROOT, "benchmarks", "results", "load_test"),
                         "Results path prefix (.md and .json are appended).")
@@ -250,6 +252,7 @@ def _start_server(model, port, log_path):
             "--log_level", "warning"]
     if FLAGS.threads:
         args += ["--threads", str(FLAGS.threads)]
+    args += ["--spinning", FLAGS.spinning]
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = open(log_path, "w")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -303,6 +306,9 @@ def _write(results, path_prefix):
 
 def main(argv):
     del argv
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     cpu = cpu_model()
     print(f"CPU: {cpu}", flush=True)
     model = _model(FLAGS.workdir)

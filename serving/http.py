@@ -7,7 +7,7 @@ Endpoints:
   Returns an 8-bit PNG by default, or a 16-bit TIFF with `?format=tiff`.
 - `GET /health`: liveness, `{"status": "ok", ...}` while the process serves.
 - `GET /ready`: readiness, 200 once the model is loaded and a warm-up inference
-  ran; 503 before, and from SIGTERM on.
+  ran (503 before; requests sent meanwhile wait in the queue).
 - `GET /metadata`: the model's sei-tf metadata.
 - `GET /metrics`: Prometheus text format (serving/http_metrics.py).
 
@@ -28,10 +28,11 @@ upload over `--max_upload_mb` or image over `--max_pixels`; 415 not a
 PNG/JPEG/TIFF/.npy image; 422 missing `file` field, bad query parameter, or
 an image that does not fit the model (channels, dtype); 503 busy; 504 too slow.
 
-SIGTERM: /ready turns 503, the listening socket closes, every request already
-received is finished (queued ones included), then the process exits (uvicorn
-re-raises the signal: exit status -15). Requests still unanswered after
-body + queue + restore timeouts + 5 s are cancelled.
+SIGTERM (or Ctrl-C): the listening socket closes (new connections are
+refused, which readiness probes see), every request already received is
+finished (queued ones included), then the process exits (uvicorn re-raises
+the signal: exit status -15). Requests still unanswered after body + queue +
+restore timeouts + 5 s are cancelled.
 
 Binds 127.0.0.1 by default: put a reverse proxy (TLS, auth, header
 timeouts) in front before exposing it.
@@ -199,7 +200,7 @@ async def _send_json(send, status: int, detail: str, headers=()):
 
 
 class Readiness:
-    """What `/ready` says: warming up -> ready -> shutting down (or: warm-up failed)."""
+    """What `/ready` says: warming up -> ready (or: warm-up failed) -> shutting down (app shutdown)."""
 
     def __init__(self, gauge):
         self.status = "warming up"
@@ -353,7 +354,11 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"],
                       "auto: TensorRT, then CUDA, then CPU; cuda fails unless a GPU provider loads.", **fv)
     flags.DEFINE_integer("tile", 512, "Tile size in input pixels (0: the whole image at once).", **fv)
-    flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's).", **fv)
+    flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's). With "
+                         "--max_concurrency workers sharing the CPU, 1 thread per worker avoids oversubscription.", **fv)
+    flags.DEFINE_enum("spinning", "default", ["default", "on", "off"],
+                      "onnxruntime worker threads busy-wait (on) or sleep (off) between tasks; off helps on "
+                      "shared or oversubscribed CPUs (default: the Restorer's).", **fv)
     flags.DEFINE_float("max_upload_mb", DEFAULT_MAX_UPLOAD_MB, "Largest upload, MiB (larger: 413).", **fv)
     flags.DEFINE_integer("max_pixels", DEFAULT_MAX_PIXELS, "Largest input image, pixels (larger: 413).", **fv)
     flags.DEFINE_integer("max_concurrency", DEFAULT_MAX_CONCURRENCY, "Restorations running at once (worker threads).",
@@ -374,23 +379,6 @@ def define_flags(flag_values=FLAGS):
     flags.mark_flags_as_required(["model"], flag_values=flag_values)
 
 
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, telling `/ready` at SIGTERM/SIGINT that it is shutting down."""
-
-        def __init__(self, config, readiness: Readiness):
-            super().__init__(config)
-            self.readiness = readiness
-
-        def handle_exit(self, sig, frame):
-            self.readiness.set("shutting down")
-            super().handle_exit(sig, frame)
-
-    return Server
-
-
 def main(argv):
     """Loads --model and serves it until SIGTERM/SIGINT (then drains: see module doc)."""
     if len(argv) > 1:
@@ -398,16 +386,19 @@ def main(argv):
 
     import uvicorn
 
-    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads)
+    spinning = {"default": None, "on": True, "off": False}[FLAGS.spinning]
+    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads,
+                        spinning=spinning)
     asgi = create_app(restorer, max_upload_bytes=int(FLAGS.max_upload_mb * 2**20), max_pixels=FLAGS.max_pixels,
                       max_concurrency=FLAGS.max_concurrency, max_queue=FLAGS.max_queue,
                       body_timeout_s=FLAGS.body_timeout_s, queue_timeout_s=FLAGS.queue_timeout_s,
                       restore_timeout_s=FLAGS.restore_timeout_s)
     grace = FLAGS.body_timeout_s + FLAGS.queue_timeout_s + FLAGS.restore_timeout_s + 5
-    config = uvicorn.Config(asgi, host=FLAGS.host, port=FLAGS.port, log_level=FLAGS.log_level, lifespan="on",
-                            limit_concurrency=FLAGS.max_connections, timeout_graceful_shutdown=grace)
     print(f"serving {restorer!r} on http://{FLAGS.host}:{FLAGS.port}", flush=True)
-    _server_class()(config, asgi.service.state.readiness).run()
+    # On SIGTERM/SIGINT uvicorn closes the listening socket, waits (up to `grace`) for the
+    # requests it has received, then runs the app's shutdown (the worker pool's).
+    uvicorn.run(asgi, host=FLAGS.host, port=FLAGS.port, log_level=FLAGS.log_level, lifespan="on",
+                limit_concurrency=FLAGS.max_connections, timeout_graceful_shutdown=grace)
     return 0
 
 

@@ -558,8 +558,8 @@ def test_load_test_smoke(server, photo):
 
 @pytest.mark.slow  # its own server process, and four restorations
 def test_sigterm_drains_queued_requests(model, tmp_path):
-    """SIGTERM with requests running and queued: /ready turns 503, no new connection is
-    accepted, every request already received is answered 200, then the process exits."""
+    """SIGTERM with requests running and queued: every request already received is answered
+    200, the process exits, and no new connection is accepted."""
     port = _free_port()
     log = open(tmp_path / "server.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "serving.http", "--model", model, "--port", str(port),
