@@ -1,6 +1,7 @@
 """Load test of the HTTP service (serving/http.py): throughput, latency, answers and memory under load.
 
     PYTHONPATH=$PWD python benchmarks/load_test.py [--clients 1,4,16] [--duration_s 20] [--max_requests 600]
+    PYTHONPATH=$PWD python benchmarks/load_test.py --nohonour_retry_after --results benchmarks/results/load_test_hammer
 
 Not part of CI (tests/test_http.py runs `run_level` briefly against its own server).
 
@@ -15,7 +16,8 @@ send a 256x256 RGB PNG (a real photograph, scikit-image's astronaut) one request
 after another, for `--duration_s` seconds or `--max_requests` requests in all,
 whichever comes first; then the outstanding answers are awaited (each bounded by
 `--request_timeout_s`). A client answered 503 waits `Retry-After` seconds (capped
-at the level's end), as a well-behaved client does.
+at the level's end), as a well-behaved client does; with
+`--nohonour_retry_after` it sends its next request at once (a hammering client).
 
 Reported per level: requests sent; answers by status (200, 503, other); requests
 without an answer (transport error or client timeout: the goal is none);
@@ -55,6 +57,8 @@ def define_flags():
     flags.DEFINE_float("duration_s", 20.0, "Seconds each level sends requests.")
     flags.DEFINE_integer("max_requests", 600, "Most requests sent per level.")
     flags.DEFINE_float("request_timeout_s", 120.0, "Client timeout per request (no answer within it: 'no answer').")
+    flags.DEFINE_bool("honour_retry_after", True, "Clients answered 503 wait Retry-After seconds (False: they "
+                      "send the next request at once, hammering the server).")
     flags.DEFINE_integer("size", 256, "Input image side (pixels, RGB); the output is size*scale.")
     flags.DEFINE_integer("scale", 2, "SR factor.")
     flags.DEFINE_integer("max_concurrency", 2, "Server: worker threads.")
@@ -279,7 +283,8 @@ def _write(results, path_prefix):
         f"- Model: {results['model']}", f"- Request: {results['request']}",
         f"- Server: `{results['server']}`",
         f"- Each level: {results['duration_s']:g} s or {results['max_requests']} requests, whichever first; "
-        "clients answered 503 wait Retry-After.",
+        + ("clients answered 503 wait Retry-After." if results["honour_retry_after"]
+           else "clients answered 503 send the next request at once (Retry-After ignored)."),
         f"- Server idle RSS after warm-up: {results['idle_rss_mb']:.0f} MB; SIGTERM to exit: "
         f"{results['shutdown_s']:.2f} s (exit status {results['exit_status']}).", "",
         "| clients | sent | 200 | 503 | other | no answer | server-counted answers | images/s | p50 ms | p99 ms "
@@ -325,7 +330,7 @@ def main(argv):
             before = server_restore_answers(base)
             print(f"{clients} clients: {FLAGS.duration_s:g} s ...", flush=True)
             level = summarise(run_level(base, payload, clients, FLAGS.duration_s, FLAGS.max_requests,
-                                        FLAGS.request_timeout_s))
+                                        FLAGS.request_timeout_s, FLAGS.honour_retry_after))
             level.update(sampler.peak_mb())
             level["server_counted"] = server_restore_answers(base) - before
             print(f"  {level['outcomes']}  {level['images_per_s']:.2f} images/s  p50 {level['p50_ms']:.0f} ms  "
@@ -349,7 +354,8 @@ def main(argv):
         "request": f"POST /restore, {FLAGS.size}x{FLAGS.size} RGB PNG ({len(payload)} bytes) -> "
                    f"{FLAGS.size * FLAGS.scale}x{FLAGS.size * FLAGS.scale} PNG",
         "server": " ".join(["python"] + args[1:]).replace(model, os.path.relpath(model, ROOT)),
-        "duration_s": FLAGS.duration_s, "max_requests": FLAGS.max_requests, "idle_rss_mb": idle_rss,
+        "duration_s": FLAGS.duration_s, "max_requests": FLAGS.max_requests,
+        "honour_retry_after": FLAGS.honour_retry_after, "idle_rss_mb": idle_rss,
         "shutdown_s": shutdown_s, "exit_status": exit_status, "levels": levels,
     }
     print(_write(results, FLAGS.results))
