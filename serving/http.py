@@ -255,10 +255,12 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
         log.info("warm-up inference (%dx%d) took %.2f s", side, side, time.perf_counter() - start)
 
     def warmed_up(future):
-        if future.cancelled() or future.exception() is None:
-            readiness.set("ready" if not future.cancelled() else "shutting down")
+        if future.cancelled():  # shut down before it ran
+            return
+        err = future.exception()
+        if err is None:
+            readiness.set("ready")
         else:
-            err = future.exception()
             log.error("warm-up inference failed: %s: %s", type(err).__name__, err)
             readiness.set(f"warm-up failed: {type(err).__name__}: {err}")
 
@@ -297,14 +299,13 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
             raise HTTPException(413, f"{name}: not enough memory to decode this image")
         except Exception as err:  # any decoder failure is the upload's problem: 400, never 500
             raise HTTPException(400, f"{name}: could not decode the image ({type(err).__name__}: {err})")
-        del data
         check()
         dtype = np.uint16 if fmt == "tiff" else np.uint8
         try:
             out = restorer.restore(image, dtype=dtype, callback=check)
         except InputError as err:
             raise HTTPException(422, str(err))
-        del image
+        del image  # freed before encoding
         body = images.encode_image(out, fmt)
         metrics.restoration.observe(time.perf_counter() - start)
         return body, "image/tiff" if fmt == "tiff" else "image/png"
@@ -320,7 +321,6 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
             raise HTTPException(400, "empty upload")
         job = pool.submit(functools.partial(work, data, format, file.filename or "upload"),
                           request.state.ticket)
-        del data
         try:
             body, media = await worker_pool.wait(job, queue_timeout_s, restore_timeout_s,
                                                  client_gone=request.is_disconnected)
@@ -355,7 +355,8 @@ def define_flags(flag_values=FLAGS):
                       "auto: TensorRT, then CUDA, then CPU; cuda fails unless a GPU provider loads.", **fv)
     flags.DEFINE_integer("tile", 512, "Tile size in input pixels (0: the whole image at once).", **fv)
     flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's). With "
-                         "--max_concurrency workers sharing the CPU, 1 thread per worker avoids oversubscription.", **fv)
+                         "--max_concurrency workers sharing the CPU, 1 thread per worker avoids oversubscription.",
+                         **fv)
     flags.DEFINE_enum("spinning", "default", ["default", "on", "off"],
                       "onnxruntime worker threads busy-wait (on) or sleep (off) between tasks; off helps on "
                       "shared or oversubscribed CPUs (default: the Restorer's).", **fv)
@@ -364,13 +365,15 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("max_concurrency", DEFAULT_MAX_CONCURRENCY, "Restorations running at once (worker threads).",
                          lower_bound=1, **fv)
     flags.DEFINE_integer("max_queue", DEFAULT_MAX_QUEUE,
-                         "/restore requests that may wait for a worker; beyond: 503 + Retry-After.", lower_bound=0, **fv)
+                         "/restore requests that may wait for a worker; beyond: 503 + Retry-After.",
+                         lower_bound=0, **fv)
     flags.DEFINE_float("body_timeout_s", DEFAULT_BODY_TIMEOUT_S, "Seconds to receive an upload (later: 408).",
                        lower_bound=0.001, **fv)
     flags.DEFINE_float("queue_timeout_s", DEFAULT_QUEUE_TIMEOUT_S,
                        "Seconds a request may wait for a worker (later: 503 + Retry-After).", lower_bound=0.001, **fv)
     flags.DEFINE_float("restore_timeout_s", DEFAULT_RESTORE_TIMEOUT_S,
-                       "Seconds a restoration may run (later: 504; it stops at its next tile).", lower_bound=0.001, **fv)
+                       "Seconds a restoration may run (later: 504; it stops at its next tile).",
+                       lower_bound=0.001, **fv)
     flags.DEFINE_integer("max_connections", 256, "Open connections (uvicorn's limit_concurrency): a backstop "
                          "against connection floods; beyond it uvicorn answers 503 without Retry-After.",
                          lower_bound=1, **fv)
