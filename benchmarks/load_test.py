@@ -279,7 +279,9 @@ def _write(results, path_prefix):
     rows = results["levels"]
     lines = [
         "# HTTP service under load (benchmarks/load_test.py)", "",
-        f"- Date: {results['date']}; CPU: {results['cpu']}; Python {results['python']}",
+        f"- Date: {results['date']}; CPU: {results['cpu']}; Python {results['python']}; 1-minute load average "
+        f"{results['load_average_1min'][0]:.1f} at the start, {results['load_average_1min'][1]:.1f} at the end "
+        "(other processes share the CPU: compare rows of one run only)",
         f"- Model: {results['model']}", f"- Request: {results['request']}",
         f"- Server: `{results['server']}`",
         f"- Each level: {results['duration_s']:g} s or {results['max_requests']} requests, whichever first; "
@@ -315,7 +317,8 @@ def main(argv):
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
     cpu = cpu_model()
-    print(f"CPU: {cpu}", flush=True)
+    print(f"CPU: {cpu}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    load_before = os.getloadavg()[0]
     model = _model(FLAGS.workdir)
     payload = _payload(FLAGS.size)
     port = _free_port()
@@ -356,6 +359,7 @@ def main(argv):
         "server": " ".join(["python"] + args[1:]).replace(model, os.path.relpath(model, ROOT)),
         "duration_s": FLAGS.duration_s, "max_requests": FLAGS.max_requests,
         "honour_retry_after": FLAGS.honour_retry_after, "idle_rss_mb": idle_rss,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "shutdown_s": shutdown_s, "exit_status": exit_status, "levels": levels,
     }
     print(_write(results, FLAGS.results))
