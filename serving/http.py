@@ -303,8 +303,8 @@ def create_app(restorer: Restorer, max_upload_bytes: int = int(DEFAULT_MAX_UPLOA
         dtype = np.uint16 if fmt == "tiff" else np.uint8
         try:
             out = restorer.restore(image, dtype=dtype, callback=check)
-        except InputError as err:
-            raise HTTPException(422, str(err))
+        except InputError as err:  # the Restorer's message does not know the upload's name
+            raise HTTPException(422, f"{name}: {err}")
         del image  # freed before encoding
         body = images.encode_image(out, fmt)
         metrics.restoration.observe(time.perf_counter() - start)
