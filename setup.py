@@ -45,7 +45,8 @@ setup(
         ],
         "cpu": ["onnxruntime>=1.20,<1.33"],
         "gpu": ["onnxruntime-gpu>=1.20,<1.33", "tensorflow[and-cuda]>=2.21,<2.22"],
-        "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<0.1"],
+        "serve": ["fastapi>=0.110,<1", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<0.1",
+                  "prometheus-client>=0.20,<1"],  # /metrics in Prometheus text format
         "test": ["pytest>=8,<10", "httpx>=0.27,<1", "matplotlib>=3.8,<4",
                  "hypothesis>=6.100,<7"],  # property-based fuzzing of the image readers
     },
