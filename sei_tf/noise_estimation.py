@@ -1,0 +1,220 @@
+"""Noise parameters estimated from the measurements themselves (numpy only, no TensorFlow).
+
+For `--noise auto` and `diagnose`: given a *set* of measurements of one instrument,
+estimate the parameters of
+
+  * Gaussian noise: `y = A x + e`, `e ~ N(0, (sigma/255)^2)`; `sigma` in 8-bit units;
+  * Poisson-Gaussian noise: `y = gain * Poisson(z / gain) + N(0, (sigma/255)^2)` with
+    `z = A x` in [0, 1], so that `Var[y | z] = gain * z + (sigma/255)^2`; `gain` in [0, 1]
+    intensity units (one photon adds `gain` to y), `sigma` in 8-bit units.
+
+Method (chosen because it survives texture and needs no segmentation):
+
+  1. Patches. Every 7x7 patch (per channel, stride 2, at most `max_patches` drawn
+     with a fixed seed) of every image; patches with a value at 0 or 1 (clipped)
+     are left out, since clipping shrinks the variance.
+  2. Gaussian sigma: PCA of the patches (Chen, Zhu & Heng, ICCV 2015, "An efficient
+     statistical method for image noise level estimation"). White noise adds sigma^2
+     to every eigenvalue of the patch covariance; image structure lives in a few
+     large eigenvalues. Starting from all 49 eigenvalues, drop the largest until the
+     mean of the rest is no more than their median: that mean is sigma^2.
+  3. Poisson-Gaussian: the same PCA estimate inside groups of patches of similar
+     mean (`levels` quantile bins of the patch mean), which gives the noise variance
+     as a function of the signal level, then a weighted least-squares line
+     `v(z) = gain * z + b` with `gain, b >= 0` (the level-wise variance regression of
+     Foi et al., IEEE TIP 2008, and Liu et al., IEEE TIP 2014, with PCA in place of
+     their wavelet / weak-texture variance estimates). `sigma = 255 sqrt(b)`.
+  4. Model choice (`estimate`, a heuristic): Poisson-Gaussian when the fitted variance
+     at the brightest level is more than `rise` (1.2) times the one at the darkest, and
+     the line explains the level variances clearly better than a constant (standard
+     deviation of log-variance residuals at least halved); otherwise Gaussian. Bright
+     regions that are also more textured than dark ones (e.g. skimage's `coins`) can
+     pass for Poisson-Gaussian; a narrow intensity range hides a small gain.
+
+Limits (measured in benchmarks/results/noise_estimation.md):
+
+  * Texture that is not low-rank (fine, irregular detail) reads as noise: the
+    estimate is biased *up* at low noise (sigma of 1-2 on textured images). Aliased
+    super-resolution measurements are such texture: a x2 or x4 downsampled photo
+    has little smooth area, and the error is largest there.
+  * Blur measurements are smooth: the estimator is at its best on them.
+  * 8-bit quantisation adds 1/12 LSB^2 of variance (sigma^2 + 1/12 in 8-bit units^2):
+    a true sigma of 1 reads about 1.04 from 8-bit files. That is the noise the data
+    really has, so it is not subtracted.
+  * Too few patches per level (small data sets, narrow intensity ranges) make the
+    gain uncertain; `estimate_poisson_gaussian` refuses fewer than 2 usable levels.
+  * The PCA rule is unbiased for an infinite sample; with a few thousand patches per
+    level the estimate scatters by a few percent.
+"""
+
+import numpy as np
+
+from sei_tf.errors import SeiTfError
+
+PATCH = 7  # patch side (pixels)
+STRIDE = 2  # patch step (pixels)
+MIN_PATCHES = 4 * PATCH * PATCH  # fewest patches for one covariance estimate
+
+
+class NoiseEstimationError(SeiTfError, ValueError):
+    """The measurements cannot give a noise estimate (empty, constant, too small)."""
+
+
+def _as_images(images):
+    """A list of float64 arrays (H, W, C) from an array (H, W[, C]), a batch (B, H, W, C) or a list."""
+    if isinstance(images, np.ndarray) or not isinstance(images, (list, tuple)):
+        a = np.asarray(images, np.float64)
+        images = list(a) if a.ndim == 4 else [a]
+    out = []
+    for a in images:
+        a = np.asarray(a, np.float64)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3:
+            raise NoiseEstimationError(f"Noise estimation takes images (H, W[, C]), got shape {a.shape}.")
+        out.append(a)
+    if not out:
+        raise NoiseEstimationError("Noise estimation needs at least one measurement; got none.")
+    return out
+
+
+def patches(images, max_patches=200_000, seed=0):
+    """The unclipped 7x7 patches of all images and channels, as rows (N, 49), in [0, 1] units.
+
+    At most `max_patches`, drawn without replacement with a fixed `seed`. Raises
+    NoiseEstimationError when too few are left (images smaller than 7x7, all clipped).
+    """
+    rows = []
+    for a in _as_images(images):
+        if a.shape[0] < PATCH or a.shape[1] < PATCH:
+            continue
+        for c in range(a.shape[2]):
+            win = np.lib.stride_tricks.sliding_window_view(a[:, :, c], (PATCH, PATCH))[::STRIDE, ::STRIDE]
+            rows.append(win.reshape(-1, PATCH * PATCH))
+    p = np.concatenate(rows) if rows else np.zeros((0, PATCH * PATCH))
+    p = p[np.all((p > 0.0) & (p < 1.0), axis=1) & np.all(np.isfinite(p), axis=1)]
+    if len(p) < MIN_PATCHES:
+        raise NoiseEstimationError(
+            f"Noise estimation needs at least {MIN_PATCHES} unclipped {PATCH}x{PATCH} patches (values strictly "
+            f"between 0 and 1); the measurements give {len(p)}. Give more or larger images.")
+    if len(p) > max_patches:
+        p = p[np.random.default_rng(seed).choice(len(p), max_patches, replace=False)]
+    return p
+
+
+def pca_noise_variance(rows):
+    """White-noise variance of patches `rows` (N, d) by the PCA rule of Chen et al. (2015), in units^2.
+
+    Eigenvalues of the patch covariance, ascending: drop the largest until the mean
+    of those left is no more than their median; that mean is the variance.
+    """
+    cov = np.cov(rows, rowvar=False)
+    lam = np.clip(np.linalg.eigvalsh(cov), 0.0, None)  # ascending
+    for k in range(len(lam), 0, -1):
+        kept = lam[:k]
+        if kept.mean() <= np.median(kept):
+            return float(kept.mean())
+    return float(lam[0])
+
+
+def _check_not_constant(rows):
+    if float(np.max(rows) - np.min(rows)) == 0.0:
+        raise NoiseEstimationError("The measurements are constant: there is no noise to estimate.")
+
+
+def estimate_gaussian(images, max_patches=200_000):
+    """Gaussian noise sigma of a set of measurements, in 8-bit units (5 means std 5/255).
+
+    `images`: a list of arrays (H, W[, C]) or a batch (B, H, W, C), values in [0, 1].
+    """
+    rows = patches(images, max_patches)
+    _check_not_constant(rows)
+    return 255.0 * float(np.sqrt(pca_noise_variance(rows)))
+
+
+def noise_levels(images, levels=8, max_patches=200_000):
+    """Noise variance against signal level: arrays (mean, variance, count), one entry per level.
+
+    Patches are binned by their mean into `levels` bins of equal count; each bin's
+    variance is the PCA estimate (units^2); `mean` is the bin's average intensity.
+    Bins with fewer than MIN_PATCHES patches are left out.
+    """
+    rows = patches(images, max_patches)
+    _check_not_constant(rows)
+    means = rows.mean(axis=1)
+    order = np.argsort(means)
+    out = []
+    for idx in np.array_split(order, levels):
+        if len(idx) >= MIN_PATCHES:
+            out.append((means[idx].mean(), pca_noise_variance(rows[idx]), len(idx)))
+    z, v, n = (np.array(c) for c in zip(*out)) if out else (np.zeros(0),) * 3
+    return z, v, n
+
+
+def _fit_line(z, v, n):
+    """Weighted least squares `v = gain * z + b` with gain, b >= 0.
+
+    Weights: count / v^2 (the relative error of a variance estimate is about
+    constant, so each level counts by its relative misfit).
+    """
+    w = n / np.maximum(v, 1e-12) ** 2
+
+    def solve(columns):
+        m = np.stack(columns, axis=1) * np.sqrt(w)[:, None]
+        coef, *_ = np.linalg.lstsq(m, v * np.sqrt(w), rcond=None)
+        return coef
+
+    gain, b = solve([z, np.ones_like(z)])
+    if gain < 0:
+        gain, b = 0.0, float(np.sum(w * v) / np.sum(w))
+    elif b < 0:
+        gain, b = float(solve([z])[0]), 0.0
+    return max(float(gain), 0.0), max(float(b), 0.0)
+
+
+def estimate_poisson_gaussian(images, levels=8, max_patches=200_000):
+    """(gain, sigma) of Poisson-Gaussian noise: Var[y | z] = gain * z + (sigma/255)^2.
+
+    `gain` in [0, 1] intensity units per photon, `sigma` in 8-bit units. Raises
+    NoiseEstimationError when fewer than 2 signal levels have enough patches.
+    """
+    z, v, n = noise_levels(images, levels, max_patches)
+    if len(z) < 2:
+        raise NoiseEstimationError(
+            f"A Poisson-Gaussian estimate needs patches at 2 or more signal levels; got {len(z)}. "
+            "Give more or larger images.")
+    gain, b = _fit_line(z, v, n)
+    return gain, 255.0 * float(np.sqrt(b))
+
+
+def estimate(measurements, levels=8, rise=1.2, max_patches=200_000):
+    """The noise model and parameters that the measurements look like (what `--noise auto` uses).
+
+    Returns {"model": "gaussian" | "poisson_gaussian", "sigma": 8-bit units,
+    "gain": [0, 1] units per photon (0.0 for Gaussian), "rise": fitted variance at
+    the brightest level / at the darkest}. Poisson-Gaussian is chosen when `rise`
+    exceeds the argument `rise` and the line fits the level variances clearly better
+    than a constant (see the module docstring).
+    """
+    rows = patches(measurements, max_patches)
+    _check_not_constant(rows)
+    result = {"model": "gaussian", "sigma": 255.0 * float(np.sqrt(pca_noise_variance(rows))), "gain": 0.0,
+              "rise": 1.0}
+    z, v, n = noise_levels(measurements, levels, max_patches)
+    if len(z) < 2:
+        return result
+    gain, b = _fit_line(z, v, n)
+    rise_ratio = (gain * z[-1] + b) / max(gain * z[0] + b, 1e-12)
+    misfit_flat = float(np.std(np.log(v)))
+    misfit_line = float(np.std(np.log(v) - np.log(np.maximum(gain * z + b, 1e-12))))
+    result["rise"] = float(rise_ratio)
+    if rise_ratio > rise and misfit_flat >= 2.0 * misfit_line:
+        result.update(model="poisson_gaussian", sigma=255.0 * float(np.sqrt(b)), gain=gain)
+    return result
+
+
+def describe(result):
+    """One line for people, e.g. 'poisson_gaussian: gain 0.0102, sigma 2.05/255'."""
+    if result["model"] == "gaussian":
+        return f"gaussian: sigma {result['sigma']:.2f}/255"
+    return f"poisson_gaussian: gain {result['gain']:.3g}, sigma {result['sigma']:.2f}/255"
