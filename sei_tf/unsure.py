@@ -16,9 +16,15 @@ by gradient *descent* on the network and gradient *ascent* on v:
     v <- v + step_size * d(loss)/dv = v + step_size * mean over the batch of 2 div / m.
 
 When the network's output depends too much on its own input pixel (div > 0, e.g. near
-the identity) v rises, which penalises the divergence more; at the saddle point v is
-the noise variance (for a network that can predict a pixel from its neighbours:
-Tachella et al., Sec. 3). The logged value, `residual - v + 2 v div / m`, is then
+the identity) v rises, which penalises the divergence more. At the saddle point v is
+E[y_i (y_i - (A f(y))_i)] of a zero-divergence estimator: the noise variance plus the
+part of the signal that the pixel's neighbours do not predict (tests/test_unsure.py
+checks it on a linear denoiser where that part is known). It is therefore biased up
+where the restorer cannot predict the signal well (fine texture, short training).
+
+Plain gradient ascent against Adam's descent oscillates around the saddle point
+before settling (a damped cycle over a few hundred steps at the default step); the
+learned sigma is logged each epoch so that this can be watched. The logged value, `residual - v + 2 v div / m`, is then
 SURE's estimate of the measurement-domain error, as for known noise. The update is
 plain gradient ascent (no momentum), one step per training step, after the network's.
 
