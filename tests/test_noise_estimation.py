@@ -90,7 +90,7 @@ def test_refuses_what_it_cannot_estimate():
         ne.estimate(np.full((64, 64), 0.5))
     with pytest.raises(SeiTfError, match="constant"):
         ne.estimate_gaussian([np.full((64, 64, 3), 0.2)] * 2)
-    with pytest.raises(SeiTfError, match="patches"):
+    with pytest.raises(SeiTfError, match="windows"):
         ne.estimate_gaussian(np.random.default_rng(0).uniform(size=(6, 6)))  # smaller than a patch
     with pytest.raises(SeiTfError, match="unclipped"):
         ne.estimate_gaussian(np.ones((64, 64)))  # all saturated
