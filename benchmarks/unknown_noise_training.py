@@ -8,6 +8,7 @@ One short SEI training per row, SR x2, greyscale, same data, backbone, seed and 
   * "estimated sigma": "sei" with `sei_tf.noise_estimation.estimate_gaussian` of the
     training measurements (what `--noise auto` gives);
   * "UNSURE": the "sei_unsure" objective, no noise level at all (`sei_tf.unsure`);
+  * "UNSURE from the estimate": the same, its variance starting at the estimated sigma;
   * the non-learned baseline (bicubic).
 
 Ground truth: scikit-image greyscale images (TRAIN / TEST below), shorter side 128
@@ -39,7 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from noise_estimation import RESULTS, cpu_model, grey  # noqa: E402
-from sei_tf import evaluate, models, noise_estimation, physics, sei_model  # noqa: E402
+from sei_tf import evaluate, models, noise_estimation, objectives, physics, sei_model, unsure  # noqa: E402
 
 TRAIN = ("brick", "grass", "gravel", "moon", "astronaut", "retina", "chelsea", "coffee", "rocket")
 TEST = ("camera", "coins")
@@ -108,6 +109,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--sigma", type=float, default=10.0, help="true noise sigma, 8-bit units")
+    parser.add_argument("--rows", default="true,estimated,unsure,unsure_from_estimate",
+                        help="rows to run; the others are kept from the last results file")
     args = parser.parse_args()
     header = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "cpu": cpu_model(), "steps": args.steps, "sigma": args.sigma}
@@ -115,18 +118,32 @@ def main():
     train_y, test_y, test_x = data(args.sigma)
     estimated = noise_estimation.estimate_gaussian(train_y)
     print(f"true sigma {args.sigma:g}, estimated {estimated:.3f}", flush=True)
-    rows = []
-    for label, objective, sigma in (("true sigma", "sei", args.sigma), ("estimated sigma", "sei", estimated),
-                                    ("UNSURE", "sei_unsure", 0.0)):
-        print(f"{label}: {objective}, sigma {sigma:.3f}", flush=True)
-        model, history, seconds = train(objective, sigma, train_y, args.steps)
+    def from_estimate():
+        terms = objectives.preset("sei_unsure", upscale=2)
+        terms[0] = unsure.UNSURE(initial_sigma=estimated)
+        return objectives.check(terms)
+
+    plan = {"true": ("true sigma", "sei", args.sigma), "estimated": ("estimated sigma", "sei", estimated),
+            "unsure": ("UNSURE", "sei_unsure", 0.0),
+            "unsure_from_estimate": ("UNSURE from the estimate", from_estimate, 0.0)}
+    old = os.path.join(RESULTS, "unknown_noise_training.json")
+    rows = json.load(open(old))["rows"] if os.path.exists(old) else []
+    for key in args.rows.split(","):
+        label, objective, sigma = plan[key]
+        name = "sei_unsure" if callable(objective) else objective
+        print(f"{label}: {name}, sigma {sigma:.3f}", flush=True)
+        model, history, seconds = train(objective() if callable(objective) else objective, sigma, train_y,
+                                        args.steps)
         scores = psnr(model, test_y, test_x)
         learned = history.get("unsure_sigma")
         used = learned[-1] if learned else sigma
-        rows.append(dict(label=label, objective=objective, sigma_used=float(used),
-                         sigma_curve=[float(v) for v in learned] if learned else None,
-                         psnr=float(scores["model"]), baseline=float(scores["baseline"]), seconds=seconds))
-        print(f"  -> {rows[-1]}", flush=True)
+        row = dict(label=label, objective=name, sigma_used=float(used),
+                   sigma_curve=[float(v) for v in learned] if learned else None,
+                   psnr=float(scores["model"]), baseline=float(scores["baseline"]), seconds=seconds)
+        rows = [r for r in rows if r["label"] != label] + [row]
+        print(f"  -> {row}", flush=True)
+    order = [plan[k][0] for k in plan]
+    rows.sort(key=lambda r: order.index(r["label"]))
     write(rows, header, estimated)
 
 
@@ -147,10 +164,10 @@ def write(rows, header, estimated):
         lines.append(f"| {r['label']} | {r['objective']} | {r['sigma_used']:.2f} | {r['psnr']:.2f} | "
                      f"{r['seconds'] / 60:.1f} |")
     lines.append(f"| bicubic (non-learned) | - | - | {rows[0]['baseline']:.2f} | - |")
-    curve = [r for r in rows if r["sigma_curve"]]
-    if curve:
-        lines += ["", "UNSURE's learned sigma per epoch (8-bit units): "
-                  + ", ".join(f"{v:.2f}" for v in curve[0]["sigma_curve"]) + "."]
+    for r in rows:
+        if r["sigma_curve"]:
+            lines += ["", f"{r['label']}: learned sigma per epoch (8-bit units): "
+                      + ", ".join(f"{v:.2f}" for v in r["sigma_curve"]) + "."]
     path = os.path.join(RESULTS, "noise_estimation.md")
     old = open(path).read() if os.path.exists(path) else "# Noise parameters estimated from the measurements\n"
     if MARKER in old:
