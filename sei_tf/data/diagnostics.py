@@ -132,6 +132,7 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5, noise_model
                 f"from the measurements (median over {len(images)} image(s); the estimator reads high "
                 "on textured images, by about 1/255 at sigma 5 and up to 4/255 on x4 SR measurements). "
                 "SURE needs the true noise level: check --noise_sigma.")
+    if images:
         result, sentence = noise_model(images)
         if result is not None:
             looks_dependent = result["model"] == "poisson_gaussian"
