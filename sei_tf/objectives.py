@@ -17,10 +17,10 @@ benchmarks use them by name.
 
 import keras
 
-from sei_tf import losses, transforms
+from sei_tf import losses, transforms, unsure
 from sei_tf.errors import SeiTfError
 
-PRESETS = ("sei", "sei_no_stop_gradient", "sure", "ei_shift", "ei_rotate", "css", "supervised")
+PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_rotate", "css", "supervised")
 
 
 def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0.5), scale_kind="padded",
@@ -29,6 +29,9 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0
 
     - "sei": SURE + alpha * scale equivariance (SEQ), the proposed method;
     - "sei_no_stop_gradient": the same with the gradient through the SEQ target (ablation);
+    - "sei_unsure": UNSURE (`sei_tf.unsure`: SURE with the noise variance learned by
+      gradient ascent, for an unknown noise level) + alpha * SEQ whose fresh noise has
+      the learned variance: the physics' noise level is not used;
     - "sure": SURE alone;
     - "ei_shift", "ei_rotate": SURE + alpha * equivariance to shifts / rotations;
     - "css": the measurement as target of its own re-degraded copy;
@@ -42,26 +45,36 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0
         return [losses.Supervised()]
     if name == "css":
         return [losses.CSS()]
-    sure = losses.SURE(tau=tau)
+    sure = unsure.UNSURE(tau=tau) if name == "sei_unsure" else losses.SURE(tau=tau)
     if name == "sure":
         return [sure]
     if name.startswith("sei"):
         transform = transforms.Scale(scale_factors, kind=scale_kind, multiple=upscale)
         equivariance_name = "seq"
-        stop_gradient = stop_gradient and name == "sei"
+        stop_gradient = stop_gradient and name != "sei_no_stop_gradient"
     else:
         transform = transforms.Shift() if name == "ei_shift" else transforms.Rotate()
         equivariance_name = "ei"
+    if name == "sei_unsure":
+        return [sure, unsure.LearnedNoiseEquivariance(transform, stop_gradient, source=sure.name,
+                                                       name=equivariance_name, weight=alpha)]
     return [sure, losses.Equivariance(transform, stop_gradient, name=equivariance_name, weight=alpha)]
 
 
 def check(terms):
-    """Raises SeiTfError unless `terms` is a non-empty list of terms with distinct names."""
+    """Raises SeiTfError unless `terms` is a non-empty list of terms with distinct names.
+
+    Terms that read another term's state (`bind`, e.g. `unsure.LearnedNoiseEquivariance`)
+    are linked to it here.
+    """
     if not terms or not all(isinstance(t, losses.LossTerm) for t in terms):
         raise SeiTfError(f"An objective is a non-empty list of sei_tf.losses terms, got {terms!r}.")
     names = [t.name for t in terms]
     if len(set(names)) != len(names):
         raise SeiTfError(f"The terms of an objective need distinct names, got {names}.")
+    for t in terms:
+        if hasattr(t, "bind"):
+            t.bind(terms)
     return list(terms)
 
 

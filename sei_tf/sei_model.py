@@ -6,7 +6,10 @@ pairs reports PSNR and SSIM with the paper's protocol.
 
 The objective is a list of loss terms (`sei_tf.objectives`, where the SEI
 equations are written out); give a preset name ("sei", "sure", "ei_shift",
-"ei_rotate", "css", "supervised", "sei_no_stop_gradient") or a list of terms.
+"ei_rotate", "css", "supervised", "sei_no_stop_gradient", "sei_unsure") or a list
+of terms. Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
+`sei_tf.unsure`): the model tracks, saves and logs it, and takes the ascent steps
+of terms that maximise over it (`ascent_variables`, `ascend`).
 """
 
 import keras
@@ -74,6 +77,8 @@ class SEIModel(keras.Model):
                 objective = objectives.deserialize(objective)
         self.objective = objectives.check(objective)
         self.seed = int(seed)
+        # State of the terms (e.g. UNSURE's learned noise variance): tracked, so saved and restored.
+        self.term_variables = [v for t in self.objective for v in getattr(t, "variables", ())]
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in self.objective}
@@ -131,15 +136,26 @@ class SEIModel(keras.Model):
 
     def train_step(self, data):
         y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # Terms that maximise over their own state (UNSURE's noise variance): `ascent_variables`, `ascend`.
+        ascending = [t for t in self.objective if getattr(t, "ascent_variables", None)]
+        state = [v.value for t in ascending for v in t.ascent_variables]
         with tf.GradientTape() as tape:
+            tape.watch(state)  # non-trainable variables: the tape does not watch them by itself
             terms = self.loss_terms(y, x, self._step_seed(), training=True)
             per_example = objectives.total(self.objective, terms)
             # Divides by the global batch, so replica gradients sum to the mean.
             loss = tf.nn.compute_average_loss(per_example)
             # Multiplied by the loss scale under float16 (apply() unscales); unchanged otherwise.
             scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, self.backbone.trainable_variables)
-        self.optimizer.apply(grads, self.backbone.trainable_variables)
+        weights = self.backbone.trainable_variables
+        grads = tape.gradient(scaled_loss, weights + state)
+        self.optimizer.apply(grads[:len(weights)], weights)
+        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        state_grads = [g / scale for g in grads[len(weights):]]
+        for term in ascending:  # one ascent step each, after the network's descent step
+            n = len(term.ascent_variables)
+            term.ascend(state_grads[:n])
+            state_grads = state_grads[n:]
         return self._update(terms, per_example)
 
     def test_step(self, data):
@@ -161,6 +177,9 @@ class SEIModel(keras.Model):
             self.term_trackers[name].update_state(value)
         logs = {"loss": self.loss_tracker.result()}
         logs.update({n: self.term_trackers[n].result() for n in terms})
+        for term in self.objective:  # a term's state, e.g. UNSURE's learned sigma
+            if hasattr(term, "logs"):
+                logs.update(term.logs())
         return logs
 
     def get_config(self):

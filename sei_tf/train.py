@@ -173,6 +173,7 @@ def train():
     op, meta = resolve_physics(FLAGS.measurements)
     channels = FLAGS.channels or meta.get("channels") or 3
     images, names = data.load_images(files, channels=channels)
+    logging.info("%s", data.noise_model(images)[1])
     for warning in data.diagnose(images, op.noise_sigma):
         logging.warning("%s", warning)
     objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,

@@ -451,6 +451,33 @@ def test_diagnose_noise_level(camera_crop):
     assert data.diagnose([camera_crop], 0) == []
 
 
+def test_diagnose_tells_the_noise_model(camera_crop):
+    # Simulated blur (Gaussian PSF 2 px) measurements of the photo, Gaussian or Poisson-Gaussian noise.
+    from scipy import ndimage
+
+    z = 0.05 + 0.9 * ndimage.gaussian_filter(camera_crop[:, :, 0], 2.0, mode="wrap")[:, :, None]
+    rng = np.random.default_rng(4)
+    gaussian = z + rng.normal(0, 8 / 255, z.shape)
+    result, sentence = data.noise_model([gaussian])
+    assert result["model"] == "gaussian" and "Gaussian noise of sigma" in sentence, sentence
+    assert abs(result["sigma"] - 8) < 1
+    assert data.diagnose([gaussian], 8) == []
+    assert any("look like Gaussian" in w for w in data.diagnose([gaussian], 8, noise_model_name="poisson_gaussian"))
+
+    photon = 0.01 * rng.poisson(z / 0.01) + rng.normal(0, 2 / 255, z.shape)  # gain 0.01, sigma 2
+    result, sentence = data.noise_model([photon])
+    assert result["model"] == "poisson_gaussian" and "rises with the signal" in sentence, sentence
+    assert result["gain"] == pytest.approx(0.01, rel=0.2)
+    assert "--noise poisson_gaussian:gain=" in sentence
+    # Declared Gaussian (today's default): a warning naming the model; declared Poisson-Gaussian: none.
+    assert any("look like Poisson-Gaussian" in w for w in data.diagnose([photon], 15))
+    assert not any("Poisson-Gaussian" in w for w in data.diagnose([photon], 15, noise_model_name="poisson_gaussian"))
+
+    # Too little data: it says it cannot tell.
+    assert data.noise_model([camera_crop[:8, :8]])[0] is None
+    assert "cannot be told" in data.noise_model([camera_crop[:8, :8]])[1]
+
+
 def test_diagnose_clipping(camera_crop, tmp_path):
     noisy = camera_crop + np.random.default_rng(2).normal(0, 5 / 255, camera_crop.shape).astype(np.float32)
     assert not any("clipped" in w for w in data.diagnose([noisy], 5))

@@ -18,7 +18,7 @@ Modules (every name below is also available as `sei_tf.data.<name>`):
   files that it and `serving.images` run before decoding (the pixel limit,
   SEI_TF_MAX_PIXELS);
 * `sidecar`: the physics recorded in `sei_tf.json` next to measurements;
-* `diagnostics`: noise-level estimate and checks of SURE's assumptions;
+* `diagnostics`: noise-level estimate, noise model and checks of SURE's assumptions;
 * `samples`: scikit-image's photographs as ground truth;
 * `datasets`: tf.data pipelines for training and evaluation (TensorFlow);
 * `simulation`: the paper's simulation protocol, `simulate` (TensorFlow).
@@ -29,7 +29,7 @@ Importing `sei_tf.data` does not import TensorFlow: the names of `datasets` and
 
 import importlib
 
-from sei_tf.data.diagnostics import NOISE_FLOOR, diagnose, estimate_noise_sigma
+from sei_tf.data.diagnostics import NOISE_FLOOR, diagnose, estimate_noise_sigma, noise_model
 from sei_tf.data.files import (GROUND_TRUTH_DIR, MEASUREMENTS_DIR, SIDECAR_NAME, SUPPORTED_EXTENSIONS, DataError,
                                dicom_value_range, list_images, load_images, read_image, simulation_subfolder,
                                split_paths, write_image)
@@ -48,7 +48,7 @@ __all__ = [
     "SUPPORTED_EXTENSIONS", "SIDECAR_NAME", "MEASUREMENTS_DIR", "GROUND_TRUTH_DIR", "DataError",
     "list_images", "split_paths", "simulation_subfolder", "read_image", "dicom_value_range", "load_images",
     "write_image", "SIDECAR_FORMAT_VERSION", "physics_meta", "read_sidecar", "check_noise_level",
-    "physics_from_sidecar", "NOISE_FLOOR", "estimate_noise_sigma", "diagnose", "SAMPLE_NAMES",
+    "physics_from_sidecar", "NOISE_FLOOR", "estimate_noise_sigma", "noise_model", "diagnose", "SAMPLE_NAMES",
     "GREY_SAMPLE_NAMES", "sample_ground_truth", *_LAZY,
 ]
 

@@ -1,13 +1,15 @@
-"""Checks of measurements against SURE's assumptions: noise level and clipping.
+"""Checks of measurements against SURE's assumptions: noise model, noise level and clipping.
 
 Noise levels are in 8-bit units (5 means a standard deviation of 5/255 in the
-[0, 1] units of `sei_tf.data.files`).
+[0, 1] units of `sei_tf.data.files`); the Poisson gain is in [0, 1] units per
+photon (`sei_tf.noise_estimation` defines both).
 """
 
 import os
 
 import numpy as np
 
+from sei_tf import noise_estimation
 from sei_tf.data.files import DataError, load_images
 
 _LAPLACE_DIFF = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float64)
@@ -50,7 +52,39 @@ def estimate_noise_sigma(image):
     return float(np.median(sigmas) * 255.0)
 
 
-def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5):
+# Noise models by the name of their SURE estimator (`sei_tf.noise`); the signal-dependent ones.
+SIGNAL_DEPENDENT = ("poisson", "poisson_gaussian")
+
+
+def noise_model(images):
+    """Which noise model the measurements look like, where it can tell.
+
+    Returns (result, sentence): `result` is `sei_tf.noise_estimation.estimate`'s dict,
+    or None when the data cannot tell (too few unclipped patches, constant images,
+    or noise below `NOISE_FLOOR` even at the brightest level, where texture
+    dominates); `sentence` says it for people.
+    """
+    try:
+        result = noise_estimation.estimate(images)
+    except noise_estimation.NoiseEstimationError as e:
+        return None, f"The noise model cannot be told from these measurements: {e}"
+    # Largest noise std (8-bit units) over the signal levels: the brightest level for Poisson-Gaussian.
+    top = result["sigma"] if result["model"] == "gaussian" else 255.0 * np.sqrt(
+        result["gain"] + (result["sigma"] / 255.0) ** 2)
+    if top < NOISE_FLOOR:
+        return None, (f"The noise is below {NOISE_FLOOR:g}/255, where texture hides it: the noise model cannot "
+                      "be told from these measurements.")
+    if result["model"] == "gaussian":
+        return result, (f"The measurements look like Gaussian noise of sigma {result['sigma']:.2f}/255: its "
+                        f"variance is flat across signal levels (x{result['rise']:.2f} from dark to bright).")
+    return result, (
+        "The measurements look like Poisson-Gaussian noise: its variance rises with the signal "
+        f"(x{result['rise']:.2f} from dark to bright). Estimated gain {result['gain']:.3g} (signal units per "
+        f"photon), sigma {result['sigma']:.2f}/255: --noise poisson_gaussian:gain={result['gain']:.3g},"
+        f"sigma={result['sigma']:.2f}.")
+
+
+def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5, noise_model_name="gaussian"):
     """Checks measurements against SURE's assumptions; returns warnings (strings).
 
     Args:
@@ -63,6 +97,9 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5):
         estimates (`estimate_noise_sigma`) differ by more than this factor either
         way. Both are first raised to `NOISE_FLOOR`, because the estimator cannot
         resolve lower noise from texture.
+      noise_model_name: the declared noise model ("gaussian", "poisson",
+        "poisson_gaussian": a `sei_tf.noise` model's `sure_estimator`); warn when the
+        data look like the other kind (signal-dependent or not, see `noise_model`).
 
     Returns:
       A list of human-readable warnings; empty when nothing looks wrong.
@@ -95,4 +132,11 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5):
                 f"from the measurements (median over {len(images)} image(s); the estimator reads high "
                 "on textured images, by about 1/255 at sigma 5 and up to 4/255 on x4 SR measurements). "
                 "SURE needs the true noise level: check --noise_sigma.")
+    if images:
+        result, sentence = noise_model(images)
+        if result is not None:
+            looks_dependent = result["model"] == "poisson_gaussian"
+            if looks_dependent != (noise_model_name in SIGNAL_DEPENDENT):
+                warnings.append(f"The declared noise model is {noise_model_name}. {sentence} SURE needs the "
+                                "noise model of the data.")
     return warnings
