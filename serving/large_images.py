@@ -392,14 +392,9 @@ def core_for_budget(budget_bytes: int, model: MemoryModel, max_core: int = 8192)
 
 
 def core_for_tile(tile: int, context: int, scale: int) -> int:
-    """The core of a `tile`-pixel window (--tile): tile - 2*context, rounded down to `tile_unit`."""
+    """The core of a `tile`-pixel window (--tile): tile - 2*context, rounded down to `tile_unit`, at least one unit."""
     unit = tile_unit(scale)
-    core = (int(tile) - 2 * context) // unit * unit
-    if core < unit:
-        raise tiling.TilingError(f"tile {tile} is too small to stream with this model: it needs "
-                                 f"{2 * context} pixels of context plus at least {unit}; use tile >= "
-                                 f"{2 * context + unit}.")
-    return core
+    return max(unit, (int(tile) - 2 * context) // unit * unit)
 
 
 # --------------------------------------------------------------------------
