@@ -308,25 +308,29 @@ class _SegmentedTiff(_TiffImage):
 # memory budget -> tile size
 # --------------------------------------------------------------------------
 def activation_bytes_per_pixel(metadata) -> int:
-    """Network activation bytes per input pixel at the peak of one onnxruntime CPU run.
+    """Network activation bytes per input pixel at the peak of repeated onnxruntime CPU runs.
 
     Calibrated on ResidualCNN (deblur, greyscale) with onnxruntime 1.32's CPU
-    provider, memory arena on: the growth of peak RSS over a session's
-    baseline was 268 B/px for 8 and 16 features and 532 B/px for 32 features,
-    the same at 256 to 2048 pixel windows, i.e. about four float32 tensors of
-    the features rounded up to onnxruntime's blocked layout of 16 channels.
-    For an upsampling tail (C*s^2 channels) and the output (s^2 more pixels)
-    two more tensors of C*s^2 floats are counted. Other backbones (SwinIR) are
-    not calibrated: 64 floats per feature channel, a deliberate overestimate.
+    provider and default session options (memory arena and memory pattern on):
+    the first run at a window size grows the peak RSS over the session's
+    baseline by 268 B/px for 8 and 16 features and 532 B/px for 32 features
+    (256 to 2048 pixel windows), about four float32 tensors of the features
+    rounded up to onnxruntime's blocked layout of 16 channels; from the second
+    run at the same size the memory pattern allocates its own block next to
+    the arena and the peak doubles (539 B/px for 16 features at 1024 px), and
+    stays there. Hence 2 x 4 bytes x (4 x features rounded up to 16), plus two
+    tensors of C*s^2 floats for an upsampling tail and the s^2-times larger
+    output. Other backbones (SwinIR) are not calibrated: 128 floats per
+    feature channel, a deliberate overestimate.
     """
     config = (metadata.backbone or {}).get("config", {})
     cls = (metadata.backbone or {}).get("class", "")
     out = metadata.channels * metadata.scale**2
     if "ResidualCNN" in cls or "features" in config:
         features = int(config.get("features", 64))
-        return 4 * (4 * 16 * -(-max(features, out) // 16) + 2 * out + 8)
+        return 2 * 4 * (4 * 16 * -(-max(features, out) // 16) + 2 * out + 8)
     embed = int(config.get("embed_dim", 64))
-    return 4 * (64 * embed + 2 * out)
+    return 2 * 4 * (64 * embed + 2 * out)
 
 
 @dataclass(frozen=True)
