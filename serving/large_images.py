@@ -157,9 +157,12 @@ class _NpyImage(LazyImage):
 def _open_tiff(path):
     import tifffile
 
-    tif = tifffile.TiffFile(path)
     try:
+        tif = tifffile.TiffFile(path)
         series = tif.series[0]
+    except Exception as err:  # corrupt files raise many types
+        raise images.ImageError(f"{path}: could not decode TIFF data ({type(err).__name__}: {err}).") from err
+    try:
         axes = "".join(a for a, n in zip(series.axes, series.shape) if n != 1 or a in "YX")
         if len(series.pages) != 1 or axes not in ("YX", "YXS", "SYX", "CYX", "YXC"):
             raise NotStreamable(f"{path}: TIFF with axes {series.axes!r} {series.shape} is not a single 2-D "
@@ -168,9 +171,22 @@ def _open_tiff(path):
         if page.dtype is None or page.dtype.kind not in "uf" or page.is_subsampled or page.imagedepth != 1:
             raise NotStreamable(f"{path}: this TIFF's pixel format ({page.bitspersample}-bit, compression "
                                 f"{page.compression.name}) cannot be read tile by tile.")
+        size = os.path.getsize(path)
+        if any(o + n > size for o, n in zip(page.dataoffsets, page.databytecounts)):
+            raise images.ImageError(f"{path}: truncated TIFF: its {page.imagewidth}x{page.imagelength} pixels "
+                                    f"point past the end of the file ({size} bytes).")
         if page.is_contiguous and page.fillorder == 1 and page.predictor == 1:
+            if page.dataoffsets[0] + page.nbytes > size:
+                raise images.ImageError(f"{path}: truncated TIFF ({page.nbytes} bytes of pixels, "
+                                        f"{size} in the file).")
             return _ContiguousTiff(path, tif, page)
         return _SegmentedTiff(path, tif, page)
+    except images.ImageError:
+        tif.close()
+        raise
+    except Exception as err:
+        tif.close()
+        raise images.ImageError(f"{path}: could not decode TIFF data ({type(err).__name__}: {err}).") from err
     except BaseException:
         tif.close()
         raise

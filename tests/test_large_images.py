@@ -189,6 +189,20 @@ def test_not_streamable_files(tmp_path, monkeypatch):
         large_images.open_lazy(tmp_path / "one_strip.tif")
 
 
+def test_broken_tiffs_give_clear_errors(tmp_path):
+    image = grey_image()
+    tifffile.imwrite(tmp_path / "c.tif", image)
+    tifffile.imwrite(tmp_path / "t.tif", image, tile=(32, 32))
+    for name in ("c.tif", "t.tif"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / f"cut_{name}").write_bytes(data[:len(data) // 2])  # pixels past the end of the file
+        with pytest.raises(images.ImageError, match=f"cut_{name}: truncated TIFF"):
+            large_images.open_lazy(tmp_path / f"cut_{name}")
+    (tmp_path / "junk.tif").write_bytes(b"II*\x00" + b"\xff" * 40)  # TIFF magic, garbage header
+    with pytest.raises(images.ImageError, match="junk.tif: could not decode TIFF"):
+        large_images.open_lazy(tmp_path / "junk.tif")
+
+
 def run_restore(args):
     """`python -m serving.restore ARGS` in this process (private FlagValues); returns main's status."""
     flag_values = flags.FlagValues()
