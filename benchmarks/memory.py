@@ -1,7 +1,8 @@
 """Peak memory of `python -m serving.restore` against image size: streamed tiled TIFF vs whole image.
 
     PYTHONPATH=. python benchmarks/memory.py [--sizes 4,33,100,400] [--max_memory 1GB] \
-        [--whole_sizes 4,33] [--features 8 --blocks 1] [--tmpdir /tmp/sei_memory_bench]
+        [--whole_sizes 4,33] [--tile_sizes 4,33] [--features 8 --blocks 1] [--tmpdir /tmp/sei_memory_bench] \
+        [--append]
 
 For each size (megapixels), a synthetic greyscale uint8 image of side
 sqrt(size) is written under --tmpdir as a tiled TIFF (512x512 tiles,
@@ -10,7 +11,9 @@ memory (smooth waves plus noise, seeded per tile). Then
 `python -m serving.restore --model M IN --output DIR --max_memory B --quiet`
 runs in a fresh process, and its peak resident memory is read from
 `os.wait4`'s rusage (ru_maxrss of that child alone, KiB on Linux). The same is
-done with `--nostream --tile 512` (the whole-image path) at --whole_sizes.
+done with `--nostream --tile 512` (the whole-image path) at --whole_sizes,
+and streamed with `--tile 512` (the same tile as the whole-image run) at
+--tile_sizes.
 Reported per run: peak RSS, wall time, input megapixels per second, the tile
 the budget picked and the memory model's estimate; one restored tile in the
 middle of every streamed output is checked against restoring its window in
@@ -42,7 +45,13 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["4", "33", "100", "400"], "Image sizes in megapixels (greyscale, square).")
 flags.DEFINE_list("whole_sizes", ["4", "33"], "Sizes also restored by the whole-image path (--nostream).")
+flags.DEFINE_list("tile_sizes", ["4", "33"], "Sizes also streamed with --tile 512.")
 flags.DEFINE_string("max_memory", "1GB", "Memory budget given to the streamed runs.")
+flags.DEFINE_bool("budget", True, "Stream every size with --max_memory (--nobudget: only the other paths).")
+flags.DEFINE_list("merge", [], "Results .json files of other runs whose rows are added (e.g. a run with "
+                  "other paths made at the same time); the report says so.")
+flags.DEFINE_bool("append", False, "Keep the rows of an earlier results .json (a new run of the same "
+                  "size and path replaces its row).")
 flags.DEFINE_integer("features", 8, "ResidualCNN features of the benchmark model.")
 flags.DEFINE_integer("blocks", 1, "ResidualCNN residual blocks of the benchmark model.")
 flags.DEFINE_integer("threads", 0, "onnxruntime intra-op threads (0: default).")
@@ -163,16 +172,21 @@ def spot_check(model_path, src, dst):
     return bool(np.array_equal(tile[:y1 - y0, :x1 - x0], ref))
 
 
-def measure(model_path, size_mp, streamed):
+PATHS = {"whole": "whole image, --nostream --tile 512", "tile": "streamed, --tile 512",
+         "budget": "streamed, --max_memory"}
+
+
+def measure(model_path, size_mp, mode):
     from serving import Restorer
-    from serving.large_images import core_for_budget, memory_model, open_lazy, parse_bytes
+    from serving.large_images import core_for_budget, core_for_tile, memory_model, open_lazy, parse_bytes
 
     side = int(round(math.sqrt(size_mp * 1e6)))
     work = os.path.join(FLAGS.tmpdir, f"{size_mp}mp")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     src, out_dir = os.path.join(work, "in.tif"), os.path.join(work, "out")
-    row = {"size_mp": size_mp, "side": side, "path": "streamed" if streamed else "whole image"}
+    row = {"size_mp": size_mp, "side": side, "path": PATHS[mode]}
+    streamed = mode != "whole"
     try:
         t0 = time.perf_counter()
         write_input(src, side)
@@ -181,11 +195,19 @@ def measure(model_path, size_mp, streamed):
         if FLAGS.threads:
             args += ["--threads", str(FLAGS.threads)]
         if streamed:
-            args += ["--max_memory", FLAGS.max_memory]
+            restorer = Restorer(model_path, device="cpu")
             with open_lazy(src) as source:
-                model = memory_model(Restorer(model_path, device="cpu"), source)
-                core = core_for_budget(parse_bytes(FLAGS.max_memory), model)
+                model = memory_model(restorer, source)
+                if mode == "budget":
+                    core = core_for_budget(parse_bytes(FLAGS.max_memory), model)
+                else:
+                    core = core_for_tile(512, restorer.metadata.tile_context, restorer.scale)
                 row.update(core=core, estimate_mb=round(model.peak(core) / 2**20))
+            del restorer
+        if mode == "budget":
+            args += ["--max_memory", FLAGS.max_memory]
+        elif mode == "tile":
+            args += ["--tile", "512"]
         else:
             args += ["--nostream", "--tile", "512"]
         status, seconds, rss, log = run_cli(args, os.path.join(work, "log.txt"))
@@ -204,7 +226,9 @@ def measure(model_path, size_mp, streamed):
 def write_report(rows, header):
     lines = [f"# Peak memory against image size ({header['date']})", "",
              f"CPU: {header['cpu']}. Load average at start / end: {header['load_start']} / {header['load_end']} "
-             "(the machine is shared: times are noisy, memory is not).", "",
+             "(the machine is shared: times are noisy, memory is not)."
+             + (f" Rows also from the runs of {'; '.join(header['earlier_runs'])}." if header.get("earlier_runs")
+                else ""), "",
              f"`python -m serving.restore` on synthetic greyscale uint8 tiled TIFFs (512x512 tiles), "
              f"model: {header['model']}. Streamed runs: `--max_memory {header['max_memory']}` "
              "(the tile it picks and the memory model's estimate are shown); whole image: `--nostream "
@@ -213,7 +237,8 @@ def write_report(rows, header):
              "middle equals restoring its window directly.", "",
              "| size | pixels | path | tile (core px) | estimate MiB | peak RSS MiB | wall s | MP/s | exact |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["size_mp"], r["path"] == "streamed")):
+    order = list(PATHS.values())
+    for r in sorted(rows, key=lambda r: (r["size_mp"], order.index(r["path"]) if r["path"] in order else 9)):
         if r.get("status") != 0:
             lines.append(f"| {r['size_mp']} MP | {r['side']}x{r['side']} | {r['path']} | | | | | | "
                          f"error: {r.get('error', '?')} |")
@@ -242,13 +267,25 @@ def main(argv):
     print(f"CPU: {header['cpu']}", flush=True)
     model_path = make_model(FLAGS.tmpdir)
     rows = []
+    earlier = ([FLAGS.results + ".json"] if FLAGS.append and os.path.exists(FLAGS.results + ".json") else [])
+    for path in earlier + FLAGS.merge:
+        with open(path) as f:
+            old = json.load(f)
+        legacy = {"streamed": PATHS["budget"], "whole image": PATHS["whole"]}  # labels of the first version
+        rows += [dict(r, path=legacy.get(r["path"], r["path"])) for r in old["rows"]]
+        header.setdefault("earlier_runs", []).append(
+            f"{old['header']['date']} (load {old['header']['load_start']} / {old['header'].get('load_end')})")
     for size in FLAGS.sizes:
         size = int(size)
-        if str(size) in FLAGS.whole_sizes:
-            rows.append(measure(model_path, size, streamed=False))
-        rows.append(measure(model_path, size, streamed=True))
+        modes = ([m for m, sizes in (("whole", FLAGS.whole_sizes), ("tile", FLAGS.tile_sizes)) if str(size) in sizes]
+                 + (["budget"] if FLAGS.budget else []))
+        for mode in modes:
+            row = measure(model_path, size, mode)
+            rows = [r for r in rows if (r["size_mp"], r["path"]) != (size, row["path"])] + [row]
         header["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
         write_report(rows, header)  # after every size: a long run that stops keeps what it measured
+    header["load_end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    write_report(rows, header)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Two modes, chosen by the model's receptive field (`tile_context` metadata):
   neighbouring tiles sum to one). The result differs slightly from
   whole-image inference near the seams: measure it (tests report it).
 
+For streaming (`serving.large_images`), `aligned_plan` / `iter_aligned_tiles`
+put exact cores on a fixed grid, so that each core's output is one tile of a
+tiled TIFF, yielded in file order.
+
 All windows have the same size (the last one is shifted back inside the
 image), which suits engines that specialise on shapes (TensorRT). Peak memory
 is the output array (plus float accumulators in blend mode) and one tile's
