@@ -19,8 +19,11 @@ per input pixel for RGB x2) and refused above `--max_pixels`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from absl import app, flags
 
@@ -106,8 +109,31 @@ def plan_outputs(files, out_dir, fmt, overwrite):
     return plan
 
 
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (kill, a job scheduler) raises SystemExit, so that the output being written is removed
+    (its temporary file) as on Ctrl-C; the previous handler comes back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv):
     """Restores every INPUT (argv[1:]) into --output; returns 1 when some images failed."""
+    with _terminate_as_exit():
+        return _main(argv)
+
+
+def _main(argv):
     if len(argv) < 2:
         raise app.UsageError("give at least one INPUT image or folder")
     files = _expand(argv[1:])

@@ -266,7 +266,7 @@ def test_error_mid_stream_leaves_no_file(grey, tmp_path):
 
 
 def test_cli_interrupted_process_leaves_no_file(grey, tmp_path):
-    """A real process killed by SIGINT (Ctrl-C) mid-stream: no output, no temporary file."""
+    """A real process interrupted by SIGINT (Ctrl-C) or SIGTERM mid-stream: no output, no temporary file."""
     image = grey_image(shape=(600, 1000))
     tifffile.imwrite(tmp_path / "in.tif", image, tile=(32, 32))
     out = tmp_path / "out"
@@ -287,6 +287,12 @@ def test_cli_interrupted_process_leaves_no_file(grey, tmp_path):
                           capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     assert proc.returncode != 0
     assert "KeyboardInterrupt" in proc.stderr
+    assert os.listdir(out) == []
+    # SIGTERM (kill): the same.
+    proc = subprocess.run([sys.executable, "-c", code.replace("SIGINT", "SIGTERM"), "--model", grey.model_path,
+                           str(tmp_path / "in.tif"), "--output", str(out), "--tile", "38", "--quiet"],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert proc.returncode == 128 + 15, proc.stderr[-2000:]
     assert os.listdir(out) == []
 
 
