@@ -1,6 +1,6 @@
 """Restore image files with an exported restorer.
 
-    python -m serving.restore --model restorer.onnx INPUT... --output DIR [--tile 512] [--device auto]
+    python -m serving.restore --model restorer.onnx INPUT... --output DIR [--tile 512 | --max_memory 1GB] [--device auto]
 
 Each INPUT (PNG, JPEG, TIFF or .npy; folders are expanded to the images they
 hold) is written to DIR/<name><ext> in the input's dtype and range: PNG stays
