@@ -232,7 +232,8 @@ def write_report(rows, header):
              f"`python -m serving.restore` on synthetic greyscale uint8 tiled TIFFs (512x512 tiles), "
              f"model: {header['model']}. Streamed runs: `--max_memory {header['max_memory']}` "
              "(the tile it picks and the memory model's estimate are shown); whole image: `--nostream "
-             "--tile 512`. Peak RSS: ru_maxrss of the restoring process alone (os.wait4), MiB. MP/s: input "
+             "--tile 512`. Peak RSS: VmHWM of the restoring process, read by itself at exit, MiB (1GB = 10^9 bytes "
+             "= 954 MiB). Estimate: `serving.large_images.MemoryModel` for the tile used. MP/s: input "
              "megapixels per second of the whole command (start-up included). Exact: one output tile in the "
              "middle equals restoring its window directly.", "",
              "| size | pixels | path | tile (core px) | estimate MiB | peak RSS MiB | wall s | MP/s | exact |",
