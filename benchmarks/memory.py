@@ -225,10 +225,13 @@ def measure(model_path, size_mp, mode):
 
 def write_report(rows, header):
     lines = [f"# Peak memory against image size ({header['date']})", "",
-             f"CPU: {header['cpu']}. Load average at start / end: {header['load_start']} / {header['load_end']} "
-             "(the machine is shared: times are noisy, memory is not)."
-             + (f" Rows also from the runs of {'; '.join(header['earlier_runs'])}." if header.get("earlier_runs")
-                else ""), "",
+             f"CPU: {header['cpu']}. "
+             + (f"Load average at start / end: {header['load_start']} / {header['load_end']}. "
+                if header.get("measured_here", True) else "Report regenerated from earlier runs only. ")
+             + (f"Rows {'also ' if header.get('measured_here', True) else ''}from the runs of "
+                f"{'; '.join(header['earlier_runs'])} (load average at start / end). " if header.get("earlier_runs")
+                else "")
+             + "The machine is shared: times are noisy, memory is not.", "",
              f"`python -m serving.restore` on synthetic greyscale uint8 tiled TIFFs (512x512 tiles), "
              f"model: {header['model']}. Streamed runs: `--max_memory {header['max_memory']}` "
              "(the tile it picks and the memory model's estimate are shown); whole image: `--nostream "
@@ -266,7 +269,8 @@ def main(argv):
               "model": f"ResidualCNN {FLAGS.features} features x {FLAGS.blocks} blocks, deblur (Gaussian s2), "
                        "greyscale, random weights, ONNX fp32, onnxruntime CPU"}
     print(f"CPU: {header['cpu']}", flush=True)
-    model_path = make_model(FLAGS.tmpdir)
+    model_path = make_model(FLAGS.tmpdir) if FLAGS.sizes else None
+    header["measured_here"] = bool(FLAGS.sizes)
     rows = []
     earlier = ([FLAGS.results + ".json"] if FLAGS.append and os.path.exists(FLAGS.results + ".json") else [])
     for path in earlier + FLAGS.merge:
