@@ -265,6 +265,7 @@ def test_error_mid_stream_leaves_no_file(grey, tmp_path):
     assert (tmp_path / "out" / "in.tif").read_bytes() == b"keep"
 
 
+@pytest.mark.slow
 def test_cli_interrupted_process_leaves_no_file(grey, tmp_path):
     """A real process interrupted by SIGINT (Ctrl-C) or SIGTERM mid-stream: no output, no temporary file."""
     image = grey_image(shape=(600, 1000))
