@@ -15,6 +15,10 @@ Two modes, chosen by the model's receptive field (`tile_context` metadata):
   neighbouring tiles sum to one). The result differs slightly from
   whole-image inference near the seams: measure it (tests report it).
 
+For streaming (`serving.large_images`), `aligned_plan` / `iter_aligned_tiles`
+put exact cores on a fixed grid, so that each core's output is one tile of a
+tiled TIFF, yielded in file order.
+
 All windows have the same size (the last one is shifted back inside the
 image), which suits engines that specialise on shapes (TensorRT). Peak memory
 is the output array (plus float accumulators in blend mode) and one tile's
@@ -47,6 +51,47 @@ def exact_plan(n: int, tile: int | None, context: int):
         plan.append((ws, we, c0, c1))
         c0 = c1
     return plan
+
+
+def aligned_plan(n: int, core: int, context: int):
+    """1-D exact tiling with cores on a fixed grid: [(window_start, window_end, core_start, core_end)].
+
+    Cores are [k*core, (k+1)*core) (the last one ends at n), so each core's
+    output is one tile of a tiled TIFF with `core * scale` output pixels per
+    side. Every window has min(n, core + 2*context) pixels and contains its core
+    plus `context` pixels on each side (or reaches the border), so the result is
+    bit-identical to whole-image inference, as with `exact_plan`.
+    """
+    if core < 1:
+        raise TilingError(f"core {core} must be at least 1 pixel.")
+    window = min(n, core + 2 * context)
+    plan = []
+    for c0 in range(0, n, core):
+        c1 = min(n, c0 + core)
+        ws = max(0, min(c0 - context, n - window))
+        plan.append((ws, ws + window, c0, c1))
+    return plan
+
+
+def iter_aligned_tiles(run, read, height: int, width: int, *, core_y: int, core_x: int, context: int,
+                       scale: int, channels: int, to_float, from_float, callback=None):
+    """Yields the restored image as output tiles, row by row (the order a tiled TIFF stores them).
+
+    read(y0, y1, x0, x1): the input window, (y1-y0, x1-x0, C) of any dtype
+    (e.g. from a file, read lazily); run, to_float, from_float as in
+    `tiled_apply`. Each tile is the output of one input core of core_y x core_x
+    pixels (smaller at the right and bottom borders), i.e. (core_y*scale,
+    core_x*scale, C) output pixels. Only one window is in memory at a time.
+    """
+    s = scale
+    plan_x = aligned_plan(width, core_x, context)
+    for ys, ye, cy0, cy1 in aligned_plan(height, core_y, context):
+        for xs, xe, cx0, cx1 in plan_x:
+            y = _run_checked(run, to_float(read(ys, ye, xs, xe)), s, channels)
+            yield from_float(y[(cy0 - ys) * s:(cy1 - ys) * s, (cx0 - xs) * s:(cx1 - xs) * s])
+            del y
+            if callback:
+                callback()
 
 
 def blend_plan(n: int, tile: int | None, overlap: int, align: int = 1):
