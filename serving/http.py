@@ -34,7 +34,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as _StarletteHTTPException
 
 from sei_tf import cli
-from serving import images
+from serving import images, providers
 from serving.restorer import InputError, Restorer
 
 FLAGS = flags.FLAGS
@@ -166,6 +166,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("max_concurrency", 2, "Restorations running at once (the others wait).", **fv)
     flags.DEFINE_string("log_level", "info", "uvicorn log level (critical, error, warning, info, debug, trace).",
                         **fv)
+    providers.define_flags(flag_values)
     flags.mark_flags_as_required(["model"], flag_values=flag_values)
 
 
@@ -176,7 +177,8 @@ def main(argv):
 
     import uvicorn
 
-    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads)
+    restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads,
+                        gpu=providers.from_flags(FLAGS))
     service = create_app(restorer, max_upload_bytes=int(FLAGS.max_upload_mb * 2**20), max_pixels=FLAGS.max_pixels,
                          max_concurrency=FLAGS.max_concurrency)
     print(f"serving {restorer!r} on http://{FLAGS.host}:{FLAGS.port}", flush=True)

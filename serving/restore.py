@@ -19,7 +19,7 @@ from absl import app, flags
 
 from sei_tf import cli
 from sei_tf.errors import SeiTfError
-from serving import images
+from serving import images, providers
 
 FLAGS = flags.FLAGS
 
@@ -43,6 +43,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (an input is never overwritten).", **fv)
     flags.DEFINE_integer("threads", None, "onnxruntime intra-op threads (default: onnxruntime's).", **fv)
     flags.DEFINE_bool("quiet", False, "No progress bar.", **fv)
+    providers.define_flags(flag_values)
     flags.mark_flags_as_required(["model", "output"], flag_values=flag_values)
 
 
@@ -107,7 +108,7 @@ def main(argv):
     from serving.restorer import InputError, Restorer
 
     restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, overlap=FLAGS.overlap,
-                        threads=FLAGS.threads)
+                        threads=FLAGS.threads, gpu=providers.from_flags(FLAGS))
     os.makedirs(FLAGS.output, exist_ok=True)
     failures = 0
     bar = tqdm(total=len(plan), unit="image", disable=FLAGS.quiet, file=sys.stderr)
