@@ -147,3 +147,22 @@ def test_int8_tiles_equal_whole_image(setup, tile):
     assert r.tiles_for(77, 71, tile=tile) > 1
     print(f"int8 tile {tile}: max abs difference to the whole image {np.max(np.abs(tiled - whole)):.3g}")
     np.testing.assert_array_equal(tiled, whole)
+
+
+@pytest.mark.slow
+def test_cli_int8_refusal_and_usage_error(setup, tmp_path):
+    """`sei-tf export --int8`: below the threshold one `error:` line with the measured value, exit 1, no file."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "int8.onnx"
+    base = [sys.executable, "-m", "export.to_onnx", "--model", setup["keras"], "--output", str(out)]
+    proc = subprocess.run(base + ["--int8"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1 and "--int8 needs --calibration" in proc.stderr.strip().splitlines()[-1]
+    proc = subprocess.run(base + ["--int8", "--calibration", str(setup["cal"]), "--calibration_crop", "32",
+                                  "--int8_threshold", "200"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert last.startswith("error: int8 output disagrees with fp32: PSNR ") and "threshold 200 dB" in last
+    assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
