@@ -22,6 +22,9 @@
 
 `--fp16` converts the weights to float16 with onnxconverter-common (optional
 dependency: a clear error when missing) and keeps float32 inputs/outputs.
+`--int8 --calibration DIR` quantises the checked fp32 graph to static int8
+(`export.int8`) and refuses to write it when it disagrees with fp32 on
+held-back measurements.
 """
 
 from __future__ import annotations
@@ -242,19 +245,27 @@ def parity(model_bytes: bytes, backbone, channels: int):
 
 
 def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
-           tolerance: float | None = None, log=print) -> dict:
+           tolerance: float | None = None, log=print, int8_calibration=None, int8_options=None) -> dict:
     """Exports `model_path` (.keras file or run folder) to `output` (.onnx); returns a report dict.
+
+    int8_calibration: measurements (folder, file or list) to calibrate a static int8
+    graph on (`export.int8`); the fp32 graph is checked against Keras first, then the
+    int8 graph against the fp32 one on held-back images. `int8_options`: keyword
+    arguments of `export.int8.quantize` (holdback, threshold_db, crop, crops_per_image).
 
     Raises `sei_tf.loading.ModelError` when the model is missing or unreadable, and
     `ExportError` when anything else fails, including a parity error (max abs error
-    on [0, 1] images) above `tolerance` (default 1e-4, or `FP16_TOLERANCE` for fp16).
-    Both are `SeiTfError`s; no file is written either way.
+    on [0, 1] images) above `tolerance` (default 1e-4, or `FP16_TOLERANCE` for fp16),
+    and `export.int8.Int8Error` when the int8 graph agrees with fp32 below its threshold.
+    All are `SeiTfError`s; no file is written in any of these cases.
     """
     import onnx
 
     from sei_tf import models
 
     output = os.fspath(output)
+    if fp16 and int8_calibration is not None:
+        raise ExportError("choose one of --fp16 and --int8, not both.")
     if tolerance is None:
         tolerance = FP16_TOLERANCE if fp16 else FP32_TOLERANCE
     if fp16:
@@ -289,9 +300,20 @@ def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
                           f"no file written to {output}.")
     props.update({"parity_max_abs_error": f"{max_error:.6g}", "parity_tolerance": f"{tolerance:g}",
                   "parity_image": PARITY_IMAGE})
+    int8_report = None
+    if int8_calibration is not None:
+        from export import int8
+
+        model_proto, int8_report = int8.quantize(model_proto, int8_calibration, channels, INPUT_NAME, OUTPUT_NAME,
+                                                 log=log, **(int8_options or {}))
+        props.update(int8.metadata(int8_report))  # parity_* keep describing the fp32 graph it came from
+        try:
+            onnx.checker.check_model(model_proto)
+        except onnx.checker.ValidationError as err:
+            raise ExportError(f"onnx.checker rejected the int8 model: {err}") from err
     onnx.helper.set_model_props(model_proto, props)
     model_proto.doc_string = (f"sei-tf restorer ({props['task']} x{props['scale_factor']}, "
-                              f"{json.loads(props['backbone'])['class']}): NHWC float32 in [0, 1]")
+                              f"{json.loads(props['backbone'])['class']}, {props['precision']}): NHWC float32 in [0, 1]")
     # Metadata written after the checks: re-validate the final proto cheaply.
     md.RestorerMetadata.from_props(props, source=output)
 
@@ -309,4 +331,4 @@ def export(model_path, output, opset: int = DEFAULT_OPSET, fp16: bool = False,
         raise
     return {"output": output, "parity_max_abs_error": max_error, "photo_max_abs_error": photo_error,
             "tolerance": tolerance, "opset": opset, "metadata": props,
-            "bytes": os.path.getsize(output)}
+            "bytes": os.path.getsize(output), "int8": int8_report}

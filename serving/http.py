@@ -56,7 +56,7 @@ from starlette.exceptions import HTTPException as _StarletteHTTPException
 
 from sei_tf import cli
 from sei_tf.errors import SeiTfError
-from serving import images, worker_pool
+from serving import images, providers, worker_pool
 from serving.http_metrics import Metrics, MetricsMiddleware
 from serving.restorer import InputError, Restorer
 
@@ -379,6 +379,7 @@ def define_flags(flag_values=FLAGS):
                          lower_bound=1, **fv)
     flags.DEFINE_string("log_level", "info", "uvicorn log level (critical, error, warning, info, debug, trace).",
                         **fv)
+    providers.define_flags(flag_values)
     flags.mark_flags_as_required(["model"], flag_values=flag_values)
 
 
@@ -389,9 +390,9 @@ def main(argv):
 
     import uvicorn
 
-    spinning = {"default": None, "on": True, "off": False}[FLAGS.spinning]
+    spinning = {"default": "auto", "on": True, "off": False}[FLAGS.spinning]
     restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, threads=FLAGS.threads,
-                        spinning=spinning)
+                        spinning=spinning, gpu=providers.from_flags(FLAGS))
     asgi = create_app(restorer, max_upload_bytes=int(FLAGS.max_upload_mb * 2**20), max_pixels=FLAGS.max_pixels,
                       max_concurrency=FLAGS.max_concurrency, max_queue=FLAGS.max_queue,
                       body_timeout_s=FLAGS.body_timeout_s, queue_timeout_s=FLAGS.queue_timeout_s,

@@ -48,12 +48,21 @@ KEYS = (
                           # "seed"}; sei-tf 0.1 wrote {"method", "alpha", "stop_gradient", ...}
     "tile_context",       # receptive-field radius in input pixels, or 'global'
     "tile_align",         # blended tiles start at multiples of this (SwinIR window size)
-    "precision",          # 'fp32' or 'fp16' (weights; I/O stays float32)
+    "precision",          # 'fp32', 'fp16' (weights) or 'int8' (static QDQ); I/O stays float32
     "parity_max_abs_error",  # measured at export time against the Keras model
     "parity_tolerance",
     "parity_image",       # what the parity check ran on
     "trained_precision",  # what the backbone computed in during training ('float32', 'bfloat16', ...)
+    # int8 exports only (export/int8.py); the parity_* keys then describe the fp32 graph it was quantised from:
+    "quantization",              # JSON: format, weight and activation types, tool
+    "int8_calibration_images",   # measurement images the activation ranges were calibrated on
+    "int8_calibration_crops",    # crops cut from them (one calibration batch each)
+    "int8_holdback_images",      # measurement images held back from calibration to check the int8 graph
+    "int8_psnr_vs_fp32_db",      # worst held-back PSNR (dB) of the int8 output against the fp32 output
+    "int8_psnr_vs_fp32_mean_db",
+    "int8_threshold_db",         # the export refused files below this agreement
 )
+INT8_KEYS = KEYS[KEYS.index("quantization"):]
 REQUIRED = (FORMAT_KEY, "sei_tf_version", "task", "scale_factor", "channels", "layout",
             "value_range", "dtype", "input_name", "output_name", "tile_context")
 
@@ -135,10 +144,11 @@ class RestorerMetadata:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "raw"}
         out["value_range"] = list(self.value_range)
         out["tile_context"] = GLOBAL_CONTEXT if self.tile_context is None else self.tile_context
-        for key in ("operator", "noise", "training", "parity_max_abs_error", "parity_tolerance", "parity_image"):
+        for key in ("operator", "noise", "training", "parity_max_abs_error", "parity_tolerance", "parity_image",
+                    *INT8_KEYS):
             if key in self.raw:
                 value = self.raw[key]
-                if key == "training":
+                if key in ("training", "quantization"):
                     try:
                         value = json.loads(value)
                     except ValueError:

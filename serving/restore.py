@@ -29,7 +29,7 @@ from absl import app, flags
 
 from sei_tf import cli
 from sei_tf.errors import SeiTfError
-from serving import images
+from serving import images, providers
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +59,7 @@ def define_flags(flag_values=FLAGS):
                          "non-streamable TIFF, non-TIFF output) above this many pixels (0: no limit).", **fv)
     flags.DEFINE_bool("stream", True, "Stream TIFF/.npy inputs written as TIFF (bounded memory); "
                       "--nostream decodes every image whole.", **fv)
+    providers.define_flags(flag_values)
     flags.mark_flags_as_required(["model", "output"], flag_values=flag_values)
 
 
@@ -155,7 +156,7 @@ def _main(argv):
         except ValueError as err:
             raise CommandError(f"--max_memory: {err}") from None
     restorer = Restorer(FLAGS.model, device=FLAGS.device, tile=FLAGS.tile or None, overlap=FLAGS.overlap,
-                        threads=FLAGS.threads)
+                        threads=FLAGS.threads, gpu=providers.from_flags(FLAGS))
     os.makedirs(FLAGS.output, exist_ok=True)
     failures = 0
     bar = tqdm(total=len(plan), unit="image", disable=FLAGS.quiet, file=sys.stderr)

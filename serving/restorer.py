@@ -24,8 +24,9 @@ import os
 import numpy as np
 
 from sei_tf.errors import SeiTfError
-from serving import images, tiling
+from serving import images, providers, tiling
 from serving.metadata import MetadataError, RestorerMetadata
+from serving.providers import GpuOptions
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -71,6 +72,34 @@ def select_providers(device: str, available):
     return gpu + [CPU_PROVIDER]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_spinning(threads: int | None) -> bool:
+    """Spinning on only when the intra-op pool leaves some of this process's cores free."""
+    return bool(threads) and int(threads) < usable_cores()
+
+
+def _input_channels(model_path) -> int:
+    """Channels (last dim) of the graph input, from a CPU session without graph optimisation.
+
+    Only TensorRT needs them before the real session exists (its shape profile).
+    """
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        shape = ort.InferenceSession(model_path, options, providers=[CPU_PROVIDER]).get_inputs()[0].shape
+        return int(shape[-1])
+    except Exception:  # a broken file: the real session reports it
+        return 3
+
+
 class Restorer:
     """An exported restorer: metadata, onnxruntime session and tiled inference.
 
@@ -78,14 +107,26 @@ class Restorer:
       Exact tiling (bit-identical) for backbones with a known receptive field;
       overlapping tiles blended with linear ramps for global ones (SwinIR).
     overlap: blend overlap in input pixels (global backbones; default tile/8, at least 32, at most tile/2).
-    threads: onnxruntime intra-op threads (None: onnxruntime's default).
-    spinning: None keeps onnxruntime's default (worker threads spin while
-      waiting); False stops the spinning, which helps on shared/oversubscribed
-      CPUs.
+    threads: onnxruntime intra-op threads (None: onnxruntime's default, one per
+      physical core).
+    spinning: whether idle worker threads busy-wait for work
+      ("session.intra_op.allow_spinning"). "auto" (default): off when the
+      thread pool would use every core this process may run on (onnxruntime's
+      default), on when `threads` leaves cores free. Spinning burns the cores
+      it waits on, which slows everything else on a shared or oversubscribed
+      CPU (benchmarks/results/inference.md; serving/README.md, "Tuning").
+      True/False force it; None keeps onnxruntime's default (on).
+    gpu: `serving.providers.GpuOptions` for the CUDA/TensorRT providers (cuDNN
+      algorithm search, TensorRT profile, engine cache, fp16); ignored on CPU.
+      The options handed to the session are kept in `provider_options`.
+
+    The file may hold fp32, fp16 or int8 (static QDQ) weights; `precision`
+    says which (from the metadata). I/O is float32 for all of them.
     """
 
     def __init__(self, model_path, device: str = "auto", tile: int | None = 512,
-                 overlap: int | None = None, threads: int | None = None, spinning: bool | None = None):
+                 overlap: int | None = None, threads: int | None = None, spinning="auto",
+                 gpu: GpuOptions | None = None):
         ort = _import_ort()
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
@@ -96,10 +137,15 @@ class Restorer:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
-        if spinning is not None:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.spinning = default_spinning(threads) if spinning == "auto" else spinning
+        if self.spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        channels = _input_channels(model_path) if "TensorrtExecutionProvider" in requested else None
+        self.provider_options = providers.provider_options(requested, gpu, tile, channels)
+        self._device_id = (gpu or GpuOptions()).device_id
         try:
-            self.session = ort.InferenceSession(model_path, sess_options=options, providers=requested)
+            self.session = ort.InferenceSession(model_path, sess_options=options, providers=requested,
+                                                provider_options=self.provider_options)
         except Exception as err:  # onnxruntime raises InvalidProtobuf, Fail, ...
             raise ModelFileError(
                 f"{model_path} is not a loadable ONNX model (corrupt or truncated file?): "
@@ -123,7 +169,6 @@ class Restorer:
         self.tile = tile
         self.overlap = overlap
         self.on_gpu = self.providers[0] in GPU_PROVIDERS
-        self._device_id = 0
 
     def _check_tile(self, tile):
         if tile is None:
@@ -149,13 +194,19 @@ class Restorer:
         return self.metadata.task
 
     @property
+    def precision(self) -> str:
+        """Weights of the loaded file: 'fp32', 'fp16' or 'int8'."""
+        return self.metadata.precision
+
+    @property
     def exact_tiling(self) -> bool:
         return self.metadata.tile_context is not None
 
     def __repr__(self):
         m = self.metadata
         return (f"Restorer({self.model_path!r}, task={m.task} x{m.scale}, channels={m.channels}, "
-                f"backbone={m.backbone.get('class', '?')}, providers={self.providers}, tile={self.tile})")
+                f"backbone={m.backbone.get('class', '?')}, precision={m.precision}, providers={self.providers}, "
+                f"tile={self.tile})")
 
     # -- inference ------------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ from absl import flags  # noqa: E402
 
 from sei_tf.errors import SeiTfError  # noqa: E402
 from serving import DeviceError, InputError, MetadataError, ModelFileError, Restorer, RestorerError  # noqa: E402
-from serving import images, restore as restore_cli, tiling  # noqa: E402
+from serving import images, providers, restore as restore_cli, tiling  # noqa: E402
+from serving.providers import GpuOptions, ProviderOptionsError  # noqa: E402
 
 
 ENV = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -170,6 +171,71 @@ def test_cuda_iobinding_matches_cpu(onnx_models):
     assert gpu.on_gpu
     x = photo()[:100, :90].astype(np.float32) / 255
     np.testing.assert_allclose(gpu.restore(x), cpu.restore(x), atol=1e-4)
+
+
+def test_gpu_provider_options_reach_the_session(onnx_models, monkeypatch, tmp_path):
+    """The CUDA/TensorRT options the Restorer builds are the ones InferenceSession receives.
+
+    Without a GPU, onnxruntime's session.get_provider_options() lists only the
+    providers it loaded (CPU), so this checks the arguments handed to the session.
+    """
+    real_session, calls = ort.InferenceSession, []
+
+    def recording_session(path, sess_options=None, providers=None, provider_options=None):
+        calls.append({"providers": providers, "provider_options": provider_options})
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    gpu = GpuOptions(cudnn_conv_algo_search="EXHAUSTIVE", trt_opt_side=256, trt_cache=str(tmp_path),
+                     trt_fp16=True, device_id=1)
+    r = Restorer(onnx_models["grey_x3"], device="auto", tile=512, gpu=gpu)
+    session_call = calls[-1]
+    assert session_call["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt, cuda, cpu = session_call["provider_options"]
+    assert r.provider_options == session_call["provider_options"]
+    assert trt["trt_profile_min_shapes"] == "input:1x32x32x1"  # 1 channel: read from the model
+    assert trt["trt_profile_opt_shapes"] == "input:1x256x256x1"
+    assert trt["trt_profile_max_shapes"] == "input:1x512x512x1"  # the tile
+    assert trt["trt_fp16_enable"] == "1" and trt["device_id"] == "1"
+    assert trt["trt_engine_cache_enable"] == "1" and trt["trt_engine_cache_path"] == str(tmp_path)
+    assert cuda == {"device_id": "1", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    assert cpu == {}
+    # default: HEURISTIC (EXHAUSTIVE re-searches for every new input shape, onnxruntime #12880), no fp16
+    Restorer(onnx_models["sr"], device="auto", tile=128)
+    trt, cuda, _ = calls[-1]["provider_options"]
+    assert cuda["cudnn_conv_algo_search"] == "HEURISTIC" and trt["trt_fp16_enable"] == "0"
+    assert "trt_engine_cache_enable" not in trt and trt["trt_profile_max_shapes"] == "input:1x128x128x3"
+    with pytest.raises(ProviderOptionsError, match="without a tile"):
+        Restorer(onnx_models["sr"], device="auto", tile=None)
+    cpu_only = Restorer(onnx_models["sr"], device="cpu", gpu=gpu)
+    assert calls[-1]["providers"] == ["CPUExecutionProvider"] and cpu_only.provider_options == [{}]
+
+
+def test_gpu_flags_build_gpu_options():
+    fv = flags.FlagValues()
+    providers.define_flags(fv)
+    fv(["prog", "--cudnn_conv_algo_search=DEFAULT", "--trt_max_side=2048", "--trt_cache=/tmp/engines", "--trt_fp16"])
+    assert providers.from_flags(fv) == GpuOptions(cudnn_conv_algo_search="DEFAULT", trt_max_side=2048,
+                                                  trt_cache="/tmp/engines", trt_fp16=True)
+    with pytest.raises(ProviderOptionsError, match="min <= opt <= max"):
+        providers.provider_options(["TensorrtExecutionProvider"], GpuOptions(trt_min_side=600), 512, 3)
+    with pytest.raises(ProviderOptionsError, match="HEURISTIC, EXHAUSTIVE, DEFAULT"):
+        GpuOptions(cudnn_conv_algo_search="FAST")
+
+
+def test_spinning_default_follows_the_cores(onnx_models, monkeypatch):
+    """Spinning is off unless the intra-op threads leave some of the process's cores free."""
+    from serving import restorer as restorer_module
+
+    monkeypatch.setattr(restorer_module, "usable_cores", lambda: 4)
+    assert restorer_module.default_spinning(None) is False  # onnxruntime's pool takes every core
+    assert restorer_module.default_spinning(4) is False
+    assert restorer_module.default_spinning(2) is True
+    assert Restorer(onnx_models["sr"], device="cpu").spinning is False
+    assert Restorer(onnx_models["sr"], device="cpu", threads=1).spinning is True
+    assert Restorer(onnx_models["sr"], device="cpu", spinning=None).spinning is None  # onnxruntime's own default
 
 
 # --------------------------------------------------------------------------
