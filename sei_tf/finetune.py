@@ -86,7 +86,7 @@ def start_from(source, precision="float32", copy_weights=True):
 def _owner(backbone, variable):
     """The path, inside the backbone, of the layer that owns `variable` ('tail', 'rstb_0/stl_0/attn/qkv')."""
     path = variable.path.rsplit("/", 1)[0]
-    prefix = backbone.path + "/"
+    prefix = (backbone.path or backbone.name) + "/"  # a deserialised backbone may have no path
     return path[len(prefix):] if path.startswith(prefix) else path
 
 

@@ -15,6 +15,9 @@ penalty (Li et al., 2018) that keeps the weights near the ones the model started
 
 to the loss that is minimised. The starting weights `w0` are non-trainable
 variables of the model, so they are saved in `model.keras` and in the crash backup.
+`trainable_layers=[globs]` trains only the matching backbone layers
+(`sei_tf.finetune.freeze`); it is saved in the config, so a reloaded model has the
+same trainable weights and its optimizer state fits them.
 """
 
 import keras
@@ -62,7 +65,8 @@ class SEIModel(keras.Model):
     step number.
     """
 
-    def __init__(self, backbone, physics, objective="sei", seed=0, method=None, l2sp=0.0, **kwargs):
+    def __init__(self, backbone, physics, objective="sei", seed=0, method=None, l2sp=0.0, trainable_layers=None,
+                 **kwargs):
         options = {k: kwargs.pop(k) for k in PRESET_OPTIONS if k in kwargs}
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
@@ -93,6 +97,11 @@ class SEIModel(keras.Model):
         self.ssim_tracker = keras.metrics.Mean(name="ssim")
         self.l2sp_tracker = keras.metrics.Mean(name="l2sp") if self.l2sp else None
         self.build((None, None, None, backbone.channels))
+        self.trainable_layers = list(trainable_layers) if trainable_layers else None
+        if self.trainable_layers:
+            from sei_tf import finetune
+
+            finetune.freeze(self.backbone, self.trainable_layers)
 
     @property
     def metrics(self):
@@ -210,6 +219,7 @@ class SEIModel(keras.Model):
             "method": self.method,
             "seed": self.seed,
             "l2sp": self.l2sp,
+            "trainable_layers": self.trainable_layers,
         }
 
     @classmethod

@@ -160,7 +160,7 @@ def split_holdout(files, images, names):
 
 
 def starting_backbone(op, channels, compute_type, resuming):
-    """The backbone a run starts from: --init_from's (checked to fit) or a new one; then --trainable_layers.
+    """The backbone a run starts from: --init_from's (checked to fit) or a new one; --trainable_layers checked.
 
     When resuming, --init_from gives the architecture only: the weights come from backup/.
     Call inside the strategy scope.
@@ -181,7 +181,7 @@ def starting_backbone(op, channels, compute_type, resuming):
             raise TrainingError("--l2sp keeps the weights near the starting ones: it needs --init_from.")
         backbone = models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, precision=compute_type,
                                 **backbone_args)
-    if FLAGS.trainable_layers:
+    if FLAGS.trainable_layers:  # checked here for a clear error; SEIModel applies (and saves) it
         kept = finetune.freeze(backbone, FLAGS.trainable_layers)
         logging.info("Training %d layer(s): %s (the others are frozen)", len(kept), ", ".join(kept))
     return backbone
@@ -290,7 +290,8 @@ def train():
     with strategy.scope() if strategy else contextlib.nullcontext():
         backbone = starting_backbone(op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
-                                  stop_gradient=FLAGS.stop_gradient, l2sp=FLAGS.l2sp)
+                                  stop_gradient=FLAGS.stop_gradient, l2sp=FLAGS.l2sp,
+                                   trainable_layers=FLAGS.trainable_layers)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
     keep_best = None
     if validation is not None:

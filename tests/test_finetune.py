@@ -55,6 +55,7 @@ def test_l2sp_penalty_value_and_gradient_match_the_formula():
     assert float(_sr_model(l2sp=0.0).l2sp_penalty()) == 0.0
 
 
+@pytest.mark.slow  # traces and runs SEI training steps
 def test_l2sp_step_adds_alpha_times_the_displacement_to_the_gradient():
     """One SGD step with L2-SP moves each weight by lr * alpha * (w - w0) more than without it."""
     lr, alpha = 0.1, 2.0
@@ -87,6 +88,7 @@ def test_l2sp_starting_weights_are_saved_with_the_model(tmp_path):
 
 # ---------------------------------------------------------------------- frozen layers
 
+@pytest.mark.slow  # traces and runs SEI training steps
 def test_frozen_layers_do_not_change_and_trained_ones_do():
     model = _sr_model()
     _perturb(model.backbone, seed=4)  # a non-zero tail, so every layer gets a gradient
@@ -99,6 +101,23 @@ def test_frozen_layers_do_not_change_and_trained_ones_do():
         layer = v.path.split("/")[-2]
         changed = not np.array_equal(v.numpy(), before[v.path])
         assert changed == (layer in kept), (v.path, changed)
+
+
+@pytest.mark.slow  # traces and runs SEI training steps
+def test_trainable_layers_are_saved_so_a_reloaded_model_resumes_with_its_optimizer_state(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = sei_model.SEIModel(models.build("cnn", upscale=2, **CNN), physics.SuperResolution(2, noise_sigma=5),
+                               l2sp=0.1, trainable_layers=["body", "tail"])
+    assert len(model.trainable_variables) == 4
+    model.compile(keras.optimizers.Adam(1e-3))
+    model.fit(_patches(8), epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # compiled: the optimizer state is loaded into the same variables
+    assert loaded.trainable_layers == ["body", "tail"] and len(loaded.trainable_variables) == 4
+    assert int(loaded.optimizer.iterations) == 2
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_freeze_with_a_pattern_that_matches_nothing_lists_the_layers():
