@@ -151,8 +151,9 @@ def split_holdout(files, images, names):
 
     train_idx, held_idx = holdout.split(files, FLAGS.holdout)
     if FLAGS.holdout and not held_idx:
-        (logging.warning if FLAGS["holdout"].present else logging.info)("--holdout %g of %d measurement file(s) rounds to none: nothing is held out, so there is "
-                        "no held-out loss and no best.keras.", FLAGS.holdout, len(files))
+        log = logging.warning if FLAGS["holdout"].present else logging.info
+        log("--holdout %g of %d measurement file(s) rounds to none: nothing is held out, so no held-out loss "
+            "is reported.", FLAGS.holdout, len(files))
     elif held_idx:
         logging.info("Holding out %d of %d measurements for validation: %s", len(held_idx), len(files),
                      ", ".join(os.path.basename(names[i]) for i in held_idx))
