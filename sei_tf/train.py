@@ -295,7 +295,7 @@ def train():
                                    trainable_layers=FLAGS.trainable_layers)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
     keep_best = None
-    if validation is not None:
+    if held_out:  # the best epoch is judged on measurements that training never saw
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
     callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
