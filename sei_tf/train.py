@@ -160,32 +160,49 @@ def split_holdout(files, images, names):
     return ([files[i] for i in train_idx], [images[i] for i in train_idx], [images[i] for i in held_idx])
 
 
-def starting_backbone(op, channels, compute_type, resuming):
-    """The backbone a run starts from: --init_from's (checked to fit) or a new one; --trainable_layers checked.
+def check_start(op, channels):
+    """Checks --init_from, --l2sp and --trainable_layers before anything is written.
 
-    When resuming, --init_from gives the architecture only: the weights come from backup/.
-    Call inside the strategy scope.
+    Returns the source backbone of --init_from (None without it). A source that does
+    not fit this run, or a --trainable_layers pattern that matches no layer, is an error.
     """
     from sei_tf import finetune, models
 
     backbone_args = json.loads(FLAGS.backbone_args)
-    if FLAGS.init_from:
-        source, source_physics = finetune.load_source(FLAGS.init_from)
-        differences = finetune.check_fits(source, source_physics, op, channels,
-                                          FLAGS.backbone if FLAGS["backbone"].present else None, backbone_args)
-        if differences:
-            logging.info("Fine-tuning %s for another physics: %s", FLAGS.init_from, "; ".join(differences))
-        backbone = finetune.start_from(source, compute_type, copy_weights=not resuming)
-        logging.info("Starting from %s%s", FLAGS.init_from, " (architecture only: resuming)" if resuming else "")
-    else:
+    if not FLAGS.init_from:
         if FLAGS.l2sp:
             raise TrainingError("--l2sp keeps the weights near the starting ones: it needs --init_from.")
-        backbone = models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, precision=compute_type,
-                                **backbone_args)
-    if FLAGS.trainable_layers:  # checked here for a clear error; SEIModel applies (and saves) it
-        kept = finetune.freeze(backbone, FLAGS.trainable_layers)
-        logging.info("Training %d layer(s): %s (the others are frozen)", len(kept), ", ".join(kept))
-    return backbone
+        source = None
+        if FLAGS.trainable_layers:  # names come from the architecture: a throwaway copy
+            probe = models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, **backbone_args)
+            models._build(probe)
+            finetune.freeze(probe, FLAGS.trainable_layers)
+        return source
+    source, source_physics = finetune.load_source(FLAGS.init_from)
+    differences = finetune.check_fits(source, source_physics, op, channels,
+                                      FLAGS.backbone if FLAGS["backbone"].present else None, backbone_args)
+    if differences:
+        logging.info("Fine-tuning %s for another physics: %s", FLAGS.init_from, "; ".join(differences))
+    if FLAGS.trainable_layers:
+        finetune.freeze(finetune.start_from(source, copy_weights=False), FLAGS.trainable_layers)
+    return source
+
+
+def starting_backbone(source, op, channels, compute_type, resuming):
+    """The backbone a run starts from: a copy of --init_from's `source`, or a new one (inside the strategy scope).
+
+    When resuming, --init_from gives the architecture only: the weights come from backup/.
+    SEIModel applies (and saves) --trainable_layers.
+    """
+    from sei_tf import finetune, models
+
+    if source is None:
+        return models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, precision=compute_type,
+                            **json.loads(FLAGS.backbone_args))
+    logging.info("Starting from %s%s", FLAGS.init_from, " (architecture only: resuming)" if resuming else "")
+    if FLAGS.trainable_layers:
+        logging.info("Training only the layers matching %s (the others are frozen)", ",".join(FLAGS.trainable_layers))
+    return finetune.start_from(source, compute_type, copy_weights=not resuming)
 
 
 # What a run writes into --output (and sei_tf.evaluate's default report): --overwrite removes these.
@@ -273,6 +290,7 @@ def train():
         from sei_tf import holdout
 
         validation = holdout.crops(held_out, FLAGS.patch_size, FLAGS.batch_size)
+    source = check_start(op, channels)
     check_output(run_dir, FLAGS.overwrite)  # every input is checked: only now is --output touched
 
     # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
@@ -289,7 +307,7 @@ def train():
     logging.info("Precision: %s", why)
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        backbone = starting_backbone(op, channels, compute_type, resuming=bool(done))
+        backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
                                   stop_gradient=FLAGS.stop_gradient, l2sp=FLAGS.l2sp,
                                    trainable_layers=FLAGS.trainable_layers)
