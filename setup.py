@@ -24,6 +24,8 @@ setup(
                 "(Scale-Equivariant Imaging) and serve them with ONNX Runtime.",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["sei_tf", "sei_tf.*", "export", "serving"]),
+    # The shipped restorers (under 1 MB each), their cards and index (sei_tf.pretrained).
+    package_data={"sei_tf.pretrained": ["*.keras", "*.md", "index.json"]},
     # Serving (serving/, sei_tf.cli, sei_tf.errors, sei_tf.data.files): no TensorFlow.
     install_requires=[
         "absl-py>=2.1,<3",

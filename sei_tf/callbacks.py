@@ -3,7 +3,9 @@
 A run folder holds `model.keras` (the last model whose weights were all finite,
 written after every epoch by an atomic rename), `backup/` (Keras
 `BackupAndRestore`: weights, optimizer state and epoch count, so a rerun resumes
-after the last finished epoch), `log.csv` and `tensorboard/`.
+after the last finished epoch), `log.csv` and `tensorboard/`. With a validation set
+(held-out measurements or ground truth) it also holds `best.keras`, the model of the
+epoch with the best validation score, and `best.json` (that epoch and score).
 """
 
 import json
@@ -58,6 +60,45 @@ class BackupLastGood(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Writes best.keras (atomic rename) at each epoch whose `monitor` beats every earlier epoch's.
+
+    `mode` "min" (a loss) or "max" (PSNR). The best score so far is read back from
+    best.json at the start of training, so a resumed run keeps comparing with the
+    epochs before the crash. Epochs ending in NaN are skipped.
+    """
+
+    def __init__(self, path, monitor, mode, nan_watch):
+        super().__init__()
+        self.path, self.monitor, self.mode, self.nan_watch = path, monitor, mode, nan_watch
+        self.record = os.path.splitext(path)[0] + ".json"
+        self.best = None
+
+    def on_train_begin(self, logs=None):
+        if os.path.exists(self.record) and os.path.exists(self.path):
+            with open(self.record) as f:
+                self.best = json.load(f).get("value")
+
+    def better(self, value):
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(float(value)) or not self.better(float(value)):
+            return
+        if not self.nan_watch.healthy():
+            return
+        self.best = float(value)
+        tmp = self.path + ".tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.path)  # the model first: best.json never names a model not on disk
+        with open(self.record + ".tmp", "w") as f:
+            json.dump({"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}, f)
+        os.replace(self.record + ".tmp", self.record)
+
+
 def resumed_epoch(backup_dir):
     """Epochs already finished according to BackupAndRestore's metadata (0 if none)."""
     path = os.path.join(backup_dir, "training_metadata.json")
@@ -68,8 +109,11 @@ def resumed_epoch(backup_dir):
         return int(json.load(f).get("epoch", 0))
 
 
-def build_callbacks(run_dir, save_every_epoch=True):
-    """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnNaN watch)."""
+def build_callbacks(run_dir, save_every_epoch=True, keep_best=None):
+    """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnNaN watch).
+
+    `keep_best`: (monitor, mode), e.g. ("val_loss", "min"), adds `KeepBest` writing best.keras.
+    """
     nan_watch = StopOnNaN()
     callbacks = [
         nan_watch,
@@ -79,4 +123,6 @@ def build_callbacks(run_dir, save_every_epoch=True):
     ]
     if save_every_epoch:
         callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), nan_watch))
+    if keep_best:  # before the backup marks the epoch finished: a crash in between redoes the epoch
+        callbacks.insert(1, KeepBest(os.path.join(run_dir, "best.keras"), *keep_best, nan_watch))
     return callbacks, nan_watch

@@ -1,12 +1,14 @@
 """The one way to load a trained restorer from disk (evaluate, restore, export, benchmarks).
 
 A trained model is the `model.keras` file that `sei_tf.train` writes (an
-`SEIModel`: backbone + physics + objective), or its run folder. A bare backbone
+`SEIModel`: backbone + physics + objective), its run folder, or the name of a
+model shipped in `sei_tf.pretrained` (`sei-tf models` lists them). A bare backbone
 saved with `backbone.save(...)` loads too, for tools that need only the network.
 """
 
 import os
 
+from sei_tf import pretrained
 from sei_tf.errors import SeiTfError
 
 
@@ -15,8 +17,13 @@ class ModelError(SeiTfError, ValueError):
 
 
 def model_path(path):
-    """The model file: `path` itself, or `path/model.keras` for a run folder."""
+    """The model file: `path` itself, `path/model.keras` for a run folder, or a shipped model's file."""
     path = os.fspath(path)
+    if not os.path.exists(path) and pretrained.is_name(path):
+        try:
+            return pretrained.path(path)
+        except pretrained.UnknownModelError as err:
+            raise ModelError(str(err)) from err
     if os.path.isdir(path):
         inner = os.path.join(path, "model.keras")
         if not os.path.isfile(inner):

@@ -173,7 +173,7 @@ def restore_files(model, plan, fmt="tif", progress=False):
 def define_flags():
     """Defines the command-line flags (only when run as a program, so importing is side-effect free)."""
     flags.DEFINE_string("model", None, "The trained model: RUN_DIR/model.keras written by sei_tf.train "
-                        "(a run folder is accepted too).")
+                        "(a run folder is accepted too), or a shipped model's name (sei-tf models).")
     flags.DEFINE_string("output", None, "Folder for the restored images (created if needed); each input "
                         "NAME.ext becomes NAME.<format> there.")
     flags.DEFINE_enum("format", "tif", list(FORMATS),

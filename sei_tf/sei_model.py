@@ -10,6 +10,17 @@ equations are written out); give a preset name ("sei", "sure", "ei_shift",
 of terms. Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
 `sei_tf.unsure`): the model tracks, saves and logs it, and takes the ascent steps
 of terms that maximise over it (`ascent_variables`, `ascend`).
+
+Fine-tuning (`sei_tf.finetune`, `train --init_from`): `l2sp=alpha` adds the L2-SP
+penalty (Li et al., 2018) that keeps the weights near the ones the model started from,
+
+    alpha / 2 * sum_l ||w_l - w0_l||^2     (sum over every backbone weight),
+
+to the loss that is minimised. The starting weights `w0` are non-trainable
+variables of the model, so they are saved in `model.keras` and in the crash backup.
+`trainable_layers=[globs]` trains only the matching backbone layers
+(`sei_tf.finetune.freeze`); it is saved in the config, so a reloaded model has the
+same trainable weights and its optimizer state fits them.
 """
 
 import keras
@@ -57,7 +68,8 @@ class SEIModel(keras.Model):
     step number.
     """
 
-    def __init__(self, backbone, physics, objective="sei", seed=0, method=None, **kwargs):
+    def __init__(self, backbone, physics, objective="sei", seed=0, method=None, l2sp=0.0, trainable_layers=None,
+                 **kwargs):
         options = {k: kwargs.pop(k) for k in PRESET_OPTIONS if k in kwargs}
         super().__init__(**kwargs)
         if isinstance(backbone, dict):
@@ -79,21 +91,47 @@ class SEIModel(keras.Model):
         self.seed = int(seed)
         # State of the terms (e.g. UNSURE's learned noise variance): tracked, so saved and restored.
         self.term_variables = [v for t in self.objective for v in getattr(t, "variables", ())]
+        self.l2sp = float(l2sp)
+        if self.l2sp < 0:
+            raise SeiTfError(f"The L2-SP weight must be >= 0, not {l2sp}.")
+        self.anchor = []  # the starting weights w0 of the L2-SP penalty (made in build)
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.term_trackers = {t.name: keras.metrics.Mean(name=t.name) for t in self.objective}
         self.psnr_tracker = keras.metrics.Mean(name="psnr")
         self.ssim_tracker = keras.metrics.Mean(name="ssim")
+        self.l2sp_tracker = keras.metrics.Mean(name="l2sp") if self.l2sp else None
         self.build((None, None, None, backbone.channels))
+        self.trainable_layers = list(trainable_layers) if trainable_layers else None
+        if self.trainable_layers:
+            from sei_tf import finetune
+
+            finetune.freeze(self.backbone, self.trainable_layers)
 
     @property
     def metrics(self):
-        return [self.loss_tracker, *self.term_trackers.values(), self.psnr_tracker, self.ssim_tracker]
+        extra = [self.l2sp_tracker] if self.l2sp_tracker is not None else []
+        return [self.loss_tracker, *self.term_trackers.values(), *extra, self.psnr_tracker, self.ssim_tracker]
 
     def build(self, input_shape):
         if not self.backbone.built:
             self.backbone(tf.zeros([1, 16, 16, input_shape[-1]]))
+        if self.l2sp and not self.anchor:
+            # w0 = the backbone's weights now (a loaded model then overwrites them with the saved w0).
+            for i, w in enumerate(self.backbone.weights):
+                v = self.add_weight(shape=w.shape, dtype=w.dtype, initializer="zeros", trainable=False,
+                                    name=f"l2sp_anchor_{i}")
+                v.assign(w)
+                self.anchor.append(v)
         self.built = True
+
+    def l2sp_penalty(self):
+        """alpha / 2 * sum ||w - w0||^2 over the backbone's weights (float32 scalar; 0 without L2-SP)."""
+        if not self.l2sp:
+            return tf.constant(0.0)
+        squares = [tf.reduce_sum(tf.square(tf.cast(w, tf.float32) - tf.cast(w0, tf.float32)))
+                   for w, w0 in zip(self.backbone.weights, self.anchor)]
+        return 0.5 * self.l2sp * tf.add_n(squares)
 
     def call(self, y, training=False):
         return self.backbone(y, training=training)
@@ -145,6 +183,11 @@ class SEIModel(keras.Model):
             per_example = objectives.total(self.objective, terms)
             # Divides by the global batch, so replica gradients sum to the mean.
             loss = tf.nn.compute_average_loss(per_example)
+            if self.l2sp:
+                penalty = self.l2sp_penalty()
+                # Not per example: divided by the replica count, so replica gradients sum to one penalty.
+                loss += tf.nn.scale_regularization_loss(penalty)
+                self.l2sp_tracker.update_state(penalty)
             # Multiplied by the loss scale under float16 (apply() unscales); unchanged otherwise.
             scaled_loss = self.optimizer.scale_loss(loss)
         weights = self.backbone.trainable_variables
@@ -162,6 +205,8 @@ class SEIModel(keras.Model):
         y, x, _ = keras.utils.unpack_x_y_sample_weight(data)
         if x is None:
             terms = self.loss_terms(y, None, (self.seed, 0), training=False)
+            if self.l2sp:
+                self.l2sp_tracker.update_state(self.l2sp_penalty())
             return self._update(terms, objectives.total(self.objective, terms))
         x_hat = self(y, training=False)
         self.psnr_tracker.update_state(metrics.psnr(x_hat, x))
@@ -180,6 +225,8 @@ class SEIModel(keras.Model):
         for term in self.objective:  # a term's state, e.g. UNSURE's learned sigma
             if hasattr(term, "logs"):
                 logs.update(term.logs())
+        if self.l2sp_tracker is not None:
+            logs["l2sp"] = self.l2sp_tracker.result()
         return logs
 
     def get_config(self):
@@ -190,6 +237,8 @@ class SEIModel(keras.Model):
             "objective": objectives.serialize(self.objective),
             "method": self.method,
             "seed": self.seed,
+            "l2sp": self.l2sp,
+            "trainable_layers": self.trainable_layers,
         }
 
     @classmethod

@@ -8,6 +8,13 @@ The instrument (task, factor or kernel, noise level) is read from the folder's
 good model, saved after every epoch), `log.csv` (every loss term per epoch),
 `tensorboard/` and `backup/` (BackupAndRestore state: rerunning the same
 command after a crash resumes from the last finished epoch).
+
+Fine-tuning: --init_from starts from a trained restorer (a .keras file, a run
+folder or a shipped model's name, see `sei-tf models`) instead of random weights;
+--l2sp keeps the weights near the starting ones and --trainable_layers trains a
+subset (see sei_tf.finetune). --holdout sets aside a fraction of the measurements
+and reports the loss terms on them after each epoch (val_*); RUN_DIR/best.keras is
+the model of the epoch with the lowest held-out loss (see sei_tf.holdout).
 """
 
 import contextlib
@@ -58,7 +65,23 @@ def define_flags():
                       "multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG.")
     flags.DEFINE_boolean("overwrite", False, "Replace a finished run in --output.")
     flags.DEFINE_boolean("progress", True, "Show a progress bar per epoch (one line per epoch if off).")
+    define_finetune_flags()
     flags.mark_flags_as_required(["measurements", "output"])
+
+
+def define_finetune_flags():
+    """Flags of fine-tuning and of the held-out measurements (issue #12)."""
+    flags.DEFINE_string("init_from", None, "Start from this trained restorer: a .keras file, a run folder or a "
+                        "shipped model's name (sei-tf models). Its backbone, channels and upscale factor must fit "
+                        "this run; the physics may differ. A resumed run takes its weights from backup/.")
+    flags.DEFINE_float("l2sp", 0.0, "With --init_from: weight alpha of the L2-SP penalty alpha/2 * ||w - w0||^2 "
+                       "that keeps the weights w near the starting ones w0 (0: off). Try 0.01-1.")
+    flags.DEFINE_list("trainable_layers", None, "Train only the backbone layers whose names match these globs "
+                      "(e.g. tail or body,tail or 'block[67]_*,body,tail' for cnn, whose layers are head, "
+                      "block0_a ... block7_b, body, tail); the others keep their weights. Default: all.")
+    flags.DEFINE_float("holdout", 0.1, "Fraction of the measurement files held out of training (chosen by a hash "
+                       "of the file name); the loss terms on them are reported per epoch (val_*) and "
+                       "RUN_DIR/best.keras keeps the epoch with the lowest held-out loss. 0: none.")
 
 
 class TrainingError(SeiTfError):
@@ -122,9 +145,69 @@ def resolve_physics(measurements):
     return op, meta or {}
 
 
+def split_holdout(files, images, names):
+    """(training files, training images, held-out images) by --holdout (see sei_tf.holdout)."""
+    from sei_tf import holdout
+
+    train_idx, held_idx = holdout.split(files, FLAGS.holdout)
+    if FLAGS.holdout and not held_idx:
+        log = logging.warning if FLAGS["holdout"].present else logging.info
+        log("--holdout %g of %d measurement file(s) rounds to none: nothing is held out, so no held-out loss "
+            "is reported.", FLAGS.holdout, len(files))
+    elif held_idx:
+        logging.info("Holding out %d of %d measurements for validation: %s", len(held_idx), len(files),
+                     ", ".join(os.path.basename(names[i]) for i in held_idx))
+    return ([files[i] for i in train_idx], [images[i] for i in train_idx], [images[i] for i in held_idx])
+
+
+def check_start(op, channels):
+    """Checks --init_from, --l2sp and --trainable_layers before anything is written.
+
+    Returns the source backbone of --init_from (None without it). A source that does
+    not fit this run, or a --trainable_layers pattern that matches no layer, is an error.
+    """
+    from sei_tf import finetune, models
+
+    backbone_args = json.loads(FLAGS.backbone_args)
+    if not FLAGS.init_from:
+        if FLAGS.l2sp:
+            raise TrainingError("--l2sp keeps the weights near the starting ones: it needs --init_from.")
+        source = None
+        if FLAGS.trainable_layers:  # names come from the architecture: a throwaway copy
+            probe = models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, **backbone_args)
+            models._build(probe)
+            finetune.freeze(probe, FLAGS.trainable_layers)
+        return source
+    source, source_physics = finetune.load_source(FLAGS.init_from)
+    differences = finetune.check_fits(source, source_physics, op, channels,
+                                      FLAGS.backbone if FLAGS["backbone"].present else None, backbone_args)
+    if differences:
+        logging.info("Fine-tuning %s for another physics: %s", FLAGS.init_from, "; ".join(differences))
+    if FLAGS.trainable_layers:
+        finetune.freeze(finetune.start_from(source, copy_weights=False), FLAGS.trainable_layers)
+    return source
+
+
+def starting_backbone(source, op, channels, compute_type, resuming):
+    """The backbone a run starts from: a copy of --init_from's `source`, or a new one (inside the strategy scope).
+
+    When resuming, --init_from gives the architecture only: the weights come from backup/.
+    SEIModel applies (and saves) --trainable_layers.
+    """
+    from sei_tf import finetune, models
+
+    if source is None:
+        return models.build(FLAGS.backbone, upscale=op.upscale, channels=channels, precision=compute_type,
+                            **json.loads(FLAGS.backbone_args))
+    logging.info("Starting from %s%s", FLAGS.init_from, " (architecture only: resuming)" if resuming else "")
+    if FLAGS.trainable_layers:
+        logging.info("Training only the layers matching %s (the others are frozen)", ",".join(FLAGS.trainable_layers))
+    return finetune.start_from(source, compute_type, copy_weights=not resuming)
+
+
 # What a run writes into --output (and sei_tf.evaluate's default report): --overwrite removes these.
 RUN_ARTEFACTS = ("model.keras", "model.keras.tmp.keras", "log.csv", "config.json", "tensorboard", "backup",
-                 "evaluation.csv")
+                 "evaluation.csv", "best.keras", "best.keras.tmp.keras", "best.json")
 
 
 def check_output(run_dir, overwrite, create=True):
@@ -176,6 +259,7 @@ def train():
     logging.info("%s", data.noise_model(images)[1])
     for warning in data.diagnose(images, op.noise_sigma):
         logging.warning("%s", warning)
+    all_files = files
     objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,
                                   upscale=op.upscale)
     supervised = objectives.needs_ground_truth(objective)
@@ -189,6 +273,7 @@ def train():
                                 f"than --patch_size {FLAGS.patch_size}. Lower --patch_size or remove the image.")
 
     factor = op.upscale
+    files, images, held_out = split_holdout(files, images, names)
     if supervised:
         dataset = data.paired_patch_dataset(files, FLAGS.ground_truth, FLAGS.patch_size, FLAGS.batch_size,
                                             channels, factor=factor, seed=FLAGS.seed)
@@ -197,9 +282,16 @@ def train():
                                            seed=FLAGS.seed, factor=factor)
     validation = None
     if FLAGS.ground_truth:
-        validation = data.paired_dataset(files, FLAGS.ground_truth, channels, factor=factor)
+        # PSNR/SSIM on the held-out measurements, or on all of them when none is held out.
+        checked = [f for f in all_files if f not in files] or all_files
+        validation = data.paired_dataset(checked, FLAGS.ground_truth, channels, factor=factor)
         # A known length: Keras would otherwise warn that the input "ran out of data" every run.
-        validation = validation.apply(tf.data.experimental.assert_cardinality(len(files)))
+        validation = validation.apply(tf.data.experimental.assert_cardinality(len(checked)))
+    elif held_out:
+        from sei_tf import holdout
+
+        validation = holdout.crops(held_out, FLAGS.patch_size, FLAGS.batch_size)
+    source = check_start(op, channels)
     check_output(run_dir, FLAGS.overwrite)  # every input is checked: only now is --output touched
 
     # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
@@ -216,12 +308,15 @@ def train():
     logging.info("Precision: %s", why)
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope() if strategy else contextlib.nullcontext():
-        backbone = models.build(FLAGS.backbone, upscale=factor, channels=channels, precision=compute_type,
-                                **json.loads(FLAGS.backbone_args))
+        backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
-                                  stop_gradient=FLAGS.stop_gradient)
+                                  stop_gradient=FLAGS.stop_gradient, l2sp=FLAGS.l2sp,
+                                   trainable_layers=FLAGS.trainable_layers)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
-    callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir)
+    keep_best = None
+    if held_out:  # the best epoch is judged on measurements that training never saw
+        keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
+    callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
         json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)

@@ -82,8 +82,19 @@ def _train_args(measurements, output, epochs, steps):
 
 def _saved_state(path):
     model = keras.saving.load_model(path)
-    return ([w.numpy() for w in model.backbone.weights],
+    return ([w.numpy() for w in model.backbone.weights + model.anchor],
             [np.asarray(v) for v in model.optimizer.variables])
+
+
+def _finetune_args(tmp):
+    """A fine-tuning run: from a saved model (tail not zero), L2-SP, two trainable layers, a held-out file."""
+    keras.utils.set_random_seed(3)
+    backbone = models.build("cnn", upscale=2, **CNN)
+    source = sei_model.SEIModel(backbone, physics.SuperResolution(2, noise_sigma=3), seed=3)
+    backbone.tail.kernel.assign(tf.random.stateless_normal(backbone.tail.kernel.shape, [3, 4]) * 0.01)
+    path = str(tmp / "source.keras")
+    source.save(path)
+    return ["--init_from", path, "--l2sp", "0.5", "--trainable_layers", "block0_*,tail", "--holdout", "0.34"]
 
 
 def _log_rows(path):
@@ -91,15 +102,17 @@ def _log_rows(path):
         return [{k: v for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def test_sigkill_mid_epoch_then_resume_gives_uninterrupted_weights(measurements, tmp_path):
+@pytest.mark.parametrize("finetune", [False, True], ids=["from_scratch", "finetune"])
+def test_sigkill_mid_epoch_then_resume_gives_uninterrupted_weights(measurements, tmp_path, finetune):
     epochs, steps = 3, 12
-    rc, out = _run(_train_args(measurements, tmp_path / "reference", epochs, steps), tmp_path, "reference")
+    extra = _finetune_args(tmp_path) if finetune else []
+    rc, out = _run(_train_args(measurements, tmp_path / "reference", epochs, steps) + extra, tmp_path, "reference")
     assert rc == 0, out[-3000:]
 
     run = tmp_path / "killed"
     meta = run / "backup" / "training_metadata.json"
     with open(tmp_path / "first.log", "w") as log:
-        proc = _start(_train_args(measurements, run, epochs, steps), log, tmp_path)
+        proc = _start(_train_args(measurements, run, epochs, steps) + extra, log, tmp_path)
         try:
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and proc.poll() is None:
@@ -118,9 +131,11 @@ def test_sigkill_mid_epoch_then_resume_gives_uninterrupted_weights(measurements,
     finished = json.loads(meta.read_text())["epoch"]
     assert 1 <= finished < epochs, finished
 
-    rc, out = _run(_train_args(measurements, run, epochs, steps), tmp_path, "resumed")
+    rc, out = _run(_train_args(measurements, run, epochs, steps) + extra, tmp_path, "resumed")
     assert rc == 0, out[-3000:]
     assert f"Resuming after epoch {finished}" in out
+    if finetune:  # the weights come from backup/, not from --init_from again
+        assert "(architecture only: resuming)" in out
     assert not (run / "backup").exists()  # removed after a successful run
 
     ref_w, ref_opt = _saved_state(str(tmp_path / "reference" / "model.keras"))
@@ -136,6 +151,18 @@ def test_sigkill_mid_epoch_then_resume_gives_uninterrupted_weights(measurements,
     assert [r["epoch"] for r in got_log] == [str(e) for e in range(epochs)]
     for a, b in zip(ref_log, got_log):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-5, abs=1e-9), (a, b)
+    if finetune:
+        for a, b in zip(ref_log, got_log):
+            for key in ("l2sp", "val_loss", "val_sure", "val_seq"):
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-9), (key, a, b)
+        # The best held-out epoch is the same in both runs, and best.keras holds it.
+        ref_best = json.loads((tmp_path / "reference" / "best.json").read_text())
+        got_best = json.loads((run / "best.json").read_text())
+        assert got_best["epoch"] == ref_best["epoch"]
+        assert ref_best["value"] == pytest.approx(min(float(r["val_loss"]) for r in ref_log), rel=1e-6)
+        best_w, _ = _saved_state(str(run / "best.keras"))
+        ref_best_w, _ = _saved_state(str(tmp_path / "reference" / "best.keras"))
+        assert max(float(np.abs(a - b).max()) for a, b in zip(best_w, ref_best_w)) <= 1e-6
 
 
 # ----------------------------------------------------- library level (no subprocess)
