@@ -208,7 +208,7 @@ def _open_streamed(src, fmt, restorer, large_images):
 def _read_whole(src, why_whole):
     """Decodes `src` whole, refusing it (from its header) above --max_pixels, with the reason it is not streamed."""
     try:
-        return images.read_image(src, max_pixels=FLAGS.max_pixels or None)
+        return images.read_image(src, max_pixels=FLAGS.max_pixels)  # 0: no limit
     except images.ImageTooLarge as err:
         raise images.ImageTooLarge(f"{str(err).removeprefix(f'{src}: ')} Images read whole must stay under "
                                    f"--max_pixels ({why_whole}). A tiled TIFF input written as TIFF is "

@@ -223,7 +223,7 @@ def test_cli_refuses_large_png_streams_large_tiff(grey, tmp_path, capsys):
                       "--tile", "64", "--quiet"])
     printed = capsys.readouterr().out
     assert rc == 1
-    assert "a.png: 500x300 = 150000 pixels exceeds the limit of 100000" in printed
+    assert "a.png: 500 x 300 = 150,000 pixels exceeds the limit of 100,000" in printed
     assert "tiled TIFF input written as TIFF is restored in bounded memory" in printed
     assert sorted(os.listdir(out)) == ["b.tif"]  # nothing partial for the PNG; the TIFF was streamed
     assert "streamed in 77 tiles of 48 px" in printed
