@@ -95,8 +95,13 @@ def _check_gain(gain, what):
 
 
 def _photons(ax, gain, seed):
-    """`gain * Poisson(max(ax, 0) / gain)`: photon counts in signal units (negative rates count 0)."""
-    return gain * rng.poisson(tf.maximum(ax, 0.0) / gain, seed)
+    """`gain * Poisson(max(ax, 0) / gain)`: photon counts in signal units (negative rates count 0).
+
+    Counts have no gradient; like additive noise, the draw passes the gradient of its
+    mean (dy/d(A x) = 1), which training without stop-gradient needs.
+    """
+    counts = gain * rng.poisson(tf.maximum(ax, 0.0) / gain, seed)
+    return ax + tf.stop_gradient(counts - ax)
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")

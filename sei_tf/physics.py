@@ -321,8 +321,8 @@ def _noise_from_flags(noise, noise_sigma, like):
         return noise_lib.Gaussian(noise_sigma)
     if like is not None:
         return like.noise
-    raise PhysicsError("Give the noise (--noise, e.g. gaussian:sigma=5 or poisson:gain=0.01, or --noise_sigma "
-                       "in 8-bit units): SURE needs it.")
+    raise PhysicsError("Give the noise model and its noise level (--noise, e.g. gaussian:sigma=5 or "
+                       "poisson:gain=0.01, or --noise_sigma in 8-bit units): SURE needs it.")
 
 
 def serialize(physics):
