@@ -85,7 +85,9 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5):
             warnings.append(
                 f"{name}: {100 * clipped:.1f}% of the values are exactly 0 or 1: the measurements look "
                 "clipped (saturated or quantised to [0, 1]). SURE assumes unclipped Gaussian noise; "
-                "its loss will be biased. Save measurements as float TIFF without clipping if you can.")
+                "its loss will be biased. Save measurements as float TIFF without clipping if you can; "
+                "otherwise add ',bits=8' to --noise (e.g. gaussian:sigma=5,bits=8) so SURE leaves "
+                "saturated values out.")
     if images and noise_sigma is not None:  # None: not Gaussian noise, no level to check
         estimate = float(np.median([estimate_noise_sigma(a) for a in images]))
         declared = float(noise_sigma)
