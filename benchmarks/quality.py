@@ -296,17 +296,18 @@ def prepare_task(task_key, sources, test, cfg, cache_dir):
 # Training and evaluation of one cell
 # ------------------------------------------------------------------------------------
 
-def build_model(task_key, method, cfg):
+def build_model(task_key, method, cfg, physics=None):
     """The untrained SEIModel of a cell: the task's physics, the method's objective preset.
 
     Seeded so that every method of a task starts from the same initial weights.
+    `physics` replaces the task's own (same operator, another noise model).
     """
     import keras
 
     from sei_tf import models, sei_model
 
     keras.utils.set_random_seed(cfg["seed"])
-    op = make_physics(task_key)
+    op = physics or make_physics(task_key)
     backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
                             precision=cfg.get("precision", "float32"), **cfg["backbone_args"])
     return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
@@ -410,8 +411,11 @@ def load_checkpoint(ckpt, name):
     return model, state
 
 
-def train_cell(task_key, method, td, cfg, cell_dir):
-    """Trains one (task, method) cell, with resumable checkpoints; returns its result dict."""
+def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
+    """Trains one (task, method) cell, with resumable checkpoints; returns its result dict.
+
+    `physics` replaces the task's own (see `build_model`).
+    """
     import keras
     import numpy as np
 
@@ -425,7 +429,7 @@ def train_cell(task_key, method, td, cfg, cell_dir):
 
     resumed = load_checkpoint(ckpt, name)
     if resumed is None:
-        model, state = build_model(task_key, method, cfg), new_state()
+        model, state = build_model(task_key, method, cfg, physics), new_state()
     else:
         model, state = resumed
         logging.info("%s: resuming at step %d/%d", name, state["step"], steps)

@@ -58,29 +58,96 @@ class LossTerm:
 
 # --- Stein's unbiased risk estimate -----------------------------------------------------
 
+def sure_mask(y, physics):
+    """(mask, m): the measurement values SURE uses, and how many there are per example.
+
+    The mask is 0 on the border of width `physics.margin` ("partial SURE", for blur
+    on patches) and on values the noise model marks as saturated
+    (`Noise.unsaturated`, e.g. 0 or 1 in an 8-bit file); `m` has shape (B,).
+    """
+    shape = tf.shape(y)
+    mask = interior_mask(shape, physics.margin) * tf.ones_like(y)
+    unsaturated = physics.noise.unsaturated(y)
+    if unsaturated is not None:
+        mask = mask * unsaturated
+    return mask, tf.maximum(tf.reduce_sum(mask, axis=[1, 2, 3]), 1.0)
+
+
+def _rademacher(shape, seed):
+    """Independent +-1 draws with probability 1/2 each."""
+    return tf.sign(rng.uniform(shape, seed) - 0.5)
+
+
 def sure_gaussian(x_net, y, physics, model, seed, tau):
     """SURE for Gaussian noise, in the measurement domain (one Monte-Carlo probe).
 
-        b ~ N(0, I) on the interior,  div = sum(b * (A f(y + tau b) - A f(y))) / tau
+        b ~ N(0, I) on the mask,  div = sum(b * (A f(y + tau b) - A f(y))) / tau
         SURE = ||A f(y) - y||^2 / m - sigma^2 + 2 sigma^2 div / m
 
-    It estimates ||A f(y) - A x||^2 / m without bias. `physics.margin` > 0 leaves a
-    border out of the residual and the probe ("partial SURE", for blur on patches).
+    It estimates ||A f(y) - A x||^2 / m without bias. The sums run over the
+    `sure_mask` (m values): `physics.margin` > 0 leaves a border out of the
+    residual and the probe ("partial SURE", for blur on patches).
     """
-    shape = tf.shape(y)
-    mask = interior_mask(shape, physics.margin)
-    m = tf.reduce_sum(mask) * tf.cast(shape[3], tf.float32)
-    b = rng.normal(shape, seed) * mask
+    mask, m = sure_mask(y, physics)
+    b = rng.normal(tf.shape(y), seed) * mask
     ax1 = physics.A(x_net)
     ax1_probe = physics.A(model(y + tau * b))
     residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
     divergence = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
-    var = physics.noise.variance
+    var = physics.noise.gaussian_variance
     return residual - var + 2.0 * var * divergence / m
 
 
+def _sure_photon_counting(x_net, y, physics, model, seed, tau):
+    """The Poisson-Gaussian estimate below for the noise's `gain` and `gaussian_variance`."""
+    gain, var = physics.noise.gain, physics.noise.gaussian_variance
+    mask, m = sure_mask(y, physics)
+    b = _rademacher(tf.shape(y), seed) * mask
+    ax1 = physics.A(x_net)
+    ax1_probe = physics.A(model(y + tau * b))
+    residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
+    counts = gain * tf.reduce_sum(y * mask, axis=[1, 2, 3]) / m
+    divergence = tf.reduce_sum(b * (gain * y + var) * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
+    return residual - counts - var + 2.0 * divergence / m
+
+
+def sure_poisson(x_net, y, physics, model, seed, tau):
+    """PURE, the Poisson unbiased risk estimate, in the measurement domain (one probe).
+
+    For `y = g Poisson(z / g)` with `z = max(A x, 0)` and h(y) = A f(y) (Le Montagner
+    et al., 2014), with b = +-1 (Rademacher) on the `sure_mask` of m values:
+
+        PURE = ||h(y) - y||^2 / m - g sum(y) / m + (2 g / (m tau)) sum(b * y * (h(y + tau b) - h(y)))
+
+    It rests on E[z_i h_i(y)] = E[y_i h_i(y - g e_i)] and approximates
+    h_i(y) - h_i(y - g e_i) by g dh_i/dy_i (exact when f is affine), so it estimates
+    ||h(y) - z||^2 / m without bias up to O(g^2) curvature terms. g is the gain
+    (signal units per photon); values are in [0, 1] units.
+    """
+    return _sure_photon_counting(x_net, y, physics, model, seed, tau)
+
+
+def sure_poisson_gaussian(x_net, y, physics, model, seed, tau):
+    """PG-URE, the mixed Poisson-Gaussian unbiased risk estimate, in the measurement domain.
+
+    For `y = g Poisson(z / g) + N(0, s^2)` with `z = max(A x, 0)`, h(y) = A f(y)
+    (Le Montagner et al., 2014), b = +-1 on the `sure_mask` of m values:
+
+        PG-URE = ||h(y) - y||^2 / m - g sum(y) / m - s^2
+                 + (2 / (m tau)) sum(b * (g y + s^2) * (h(y + tau b) - h(y)))
+
+    It estimates ||h(y) - z||^2 / m without bias when f is affine. The paper's
+    further term -2 g s^2 sum(d^2 h_i / dy_i^2) / m is left out (as DeepInverse's
+    `SurePGLoss` does by default): it vanishes for piecewise-linear restorers
+    (ReLU networks, almost everywhere) and costs two more restorer passes.
+    g is the gain (signal units per photon), s = sigma/255; [0, 1] units.
+    """
+    return _sure_photon_counting(x_net, y, physics, model, seed, tau)
+
+
 # Noise models name their estimator (`Noise.sure_estimator`) by a key of this table.
-SURE_ESTIMATORS = {"gaussian": sure_gaussian}
+SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
+                   "poisson_gaussian": sure_poisson_gaussian}
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")

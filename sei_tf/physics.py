@@ -24,9 +24,10 @@ from sei_tf.errors import PhysicsError
 class Physics:
     """Base class: a linear operator `A`, its adjoint and a noise model.
 
-    `noise` is a `sei_tf.noise.Noise`, its serialised form, or a number (the
-    Gaussian sigma in 8-bit units); `noise_sigma` is the older spelling of the
-    same number. The default is Gaussian noise of 5/255.
+    `noise` is a `sei_tf.noise.Noise`, its serialised form, a spec string
+    ('poisson:gain=0.01', see `sei_tf.noise.parse_spec`) or a number (the
+    Gaussian sigma in 8-bit units); `noise_sigma` is the older spelling of that
+    number. The default is Gaussian noise of 5/255.
     """
 
     task = None  # short name stored in files for people and older readers
@@ -103,7 +104,7 @@ class Physics:
     @property
     def noise_sigma(self):
         """Gaussian noise level in 8-bit units, or None for other noise models."""
-        return getattr(self.noise, "sigma", None)
+        return self.noise.sigma if type(self.noise) is noise_lib.Gaussian else None
 
     def describe(self):
         """A short human-readable name, e.g. 'sr x4, gaussian sigma 5/255'."""
@@ -279,14 +280,17 @@ def make(task, factor=None, kernel=None, noise_sigma=None, noise=None):
     return cls(noise_sigma=noise_sigma, noise=noise, **settings)
 
 
-def from_flags(task=None, noise_sigma=None, like=None, **settings):
+def from_flags(task=None, noise_sigma=None, like=None, noise=None, **settings):
     """The physics that command-line flags describe; what they leave unset comes from `like`.
 
     `task` names the operator (see TASKS); `settings` are its flags (`factor`,
-    `kernel`), None when not given; `noise_sigma` is the Gaussian noise level in
-    8-bit units. With `like` (say, the physics recorded in a sidecar), the task,
-    the operator settings (when none is given) and the noise default to its own.
-    Compare the result with `like.differences(...)` to find contradictions.
+    `kernel`), None when not given; `noise` is the noise model (a spec string such
+    as 'poisson_gaussian:gain=0.01,sigma=2', or a `sei_tf.noise.Noise`) and
+    `noise_sigma` the Gaussian noise level in 8-bit units (the older flag; given
+    with `noise`, both must describe the same Gaussian noise). With `like` (say,
+    the physics recorded in a sidecar), the task, the operator settings (when
+    none is given) and the noise default to its own. Compare the result with
+    `like.differences(...)` to find contradictions.
     """
     if task is None and like is None:
         raise PhysicsError(f"Give the task (one of {', '.join(TASKS)}).")
@@ -301,13 +305,24 @@ def from_flags(task=None, noise_sigma=None, like=None, **settings):
     kwargs = dict(given)
     if not given and type(like) is cls:
         kwargs = {k: v for k, v in like.get_config().items() if k != "noise"}
-    if noise_sigma is not None:
-        kwargs["noise"] = noise_lib.Gaussian(noise_sigma)
-    elif like is not None:
-        kwargs["noise"] = like.noise
-    else:
-        raise PhysicsError("Give the noise level (--noise_sigma, 8-bit units): SURE needs it.")
+    kwargs["noise"] = _noise_from_flags(noise, noise_sigma, like)
     return cls(**kwargs)
+
+
+def _noise_from_flags(noise, noise_sigma, like):
+    """The noise model of `from_flags`: --noise, else --noise_sigma, else `like`'s."""
+    if noise is not None:
+        noise = noise_lib.deserialize(noise)
+        if noise_sigma is not None and noise != noise_lib.Gaussian(noise_sigma):
+            raise PhysicsError(f"--noise {noise.spec()} and --noise_sigma {float(noise_sigma):g} disagree; "
+                               "give one of them.")
+        return noise
+    if noise_sigma is not None:
+        return noise_lib.Gaussian(noise_sigma)
+    if like is not None:
+        return like.noise
+    raise PhysicsError("Give the noise model and its noise level (--noise, e.g. gaussian:sigma=5 or "
+                       "poisson:gain=0.01, or --noise_sigma in 8-bit units): SURE needs it.")
 
 
 def serialize(physics):

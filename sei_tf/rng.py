@@ -37,6 +37,26 @@ def uniform(shape, seed):
     return _draw(tf.random.stateless_uniform, shape, seed)
 
 
+def poisson(rate, seed):
+    """Poisson draws with the element-wise mean `rate` (float32, >= 0; first axis: batch).
+
+    TensorFlow's stateless Poisson draw of an element depends only on the seed, the
+    element's position and its own rate, so this replica's rates are placed at its
+    slice of a global batch (zeros elsewhere, which cost nothing to draw) and that
+    slice is kept: the same counts as a single-device draw of the global batch.
+    """
+    rate = tf.convert_to_tensor(rate, tf.float32)
+    rid, n = _replica_slice()
+    if n == 1:
+        return tf.random.stateless_poisson(tf.shape(rate), seed, rate, dtype=tf.float32)
+    local = tf.shape(rate)[0]
+    start = tf.cast(rid, tf.int32) * local
+    pad = tf.concat([[[start, local * n - start - local]], tf.zeros([tf.rank(rate) - 1, 2], tf.int32)], axis=0)
+    padded = tf.pad(rate, pad)
+    counts = tf.random.stateless_poisson(tf.shape(padded), seed, padded, dtype=tf.float32)
+    return counts[start:start + local]
+
+
 def fold(seed, k):
     """A new independent stateless seed derived from `seed` and the integer `k`."""
     return tf.random.experimental.stateless_fold_in(seed, k)

@@ -3,10 +3,12 @@
 Example:
   python -m sei_tf.simulate --ground_truth photos/ --output data/sr4 \\
       --task sr --factor 4 --noise_sigma 5
+  python -m sei_tf.simulate --ground_truth photos/ --output data/pg \\
+      --task deblur --kernel gaussian:2 --noise poisson_gaussian:gain=0.01,sigma=2
 
 Writes OUTPUT/measurements/<name>.tif (float32, unclipped noise), OUTPUT/ground_truth/
 <name>.png (16-bit, the resized ground truth used) and OUTPUT/measurements/sei_tf.json
-(the instrument: task, factor or kernel, noise level, seed). Training and evaluation
+(the instrument: task, factor or kernel, noise model, seed). Training and evaluation
 read the sidecar, so the settings need not be repeated. `--ground_truth samples` uses
 scikit-image's bundled photographs (offline).
 """
@@ -43,8 +45,14 @@ def define_flags():
         "kernel", None,
         "Blur kernel for --task deblur: 'gaussian:SIGMA' (pixels), 'box:RADIUS' (pixels) or a "
         "path to a PSF (.npy/.png/.tif). Default gaussian:2.")
-    flags.DEFINE_float("noise_sigma", 5.0,
-                       "Gaussian noise standard deviation in 8-bit units (5 means 5/255).")
+    flags.DEFINE_string(
+        "noise", None,
+        "Noise model: gaussian:sigma=S (8-bit units), poisson:gain=G (signal per photon: 0.01 is 100 "
+        "photons at full scale) or poisson_gaussian:gain=G,sigma=S; add ,bits=8 to clip and round to 8 "
+        "bits. Default gaussian:sigma=5.")
+    flags.DEFINE_float("noise_sigma", None,
+                       "Gaussian noise standard deviation in 8-bit units (5 means 5/255); the same as "
+                       "--noise gaussian:sigma=S. Default 5.")
     flags.DEFINE_integer(
         "shorter_side", 256,
         "Resize each ground truth so its shorter side has this many pixels (bicubic, "
@@ -79,7 +87,11 @@ def _parse_window(text):
 def _build_physics():
     from sei_tf import physics
 
-    return physics.from_flags(FLAGS.task, FLAGS.noise_sigma, factor=FLAGS.factor, kernel=FLAGS.kernel)
+    noise_sigma = FLAGS.noise_sigma
+    if FLAGS.noise is None and noise_sigma is None:
+        noise_sigma = 5.0
+    return physics.from_flags(FLAGS.task, noise_sigma, noise=FLAGS.noise, factor=FLAGS.factor,
+                              kernel=FLAGS.kernel)
 
 
 def run():

@@ -4,7 +4,7 @@
 
 The instrument (task, factor or kernel, noise level) is read from the folder's
 `sei_tf.json` sidecar (written by `sei_tf.simulate`), or given with --task,
---factor, --kernel and --noise_sigma. RUN_DIR receives `model.keras` (the last
+--factor, --kernel and --noise (or --noise_sigma). RUN_DIR receives `model.keras` (the last
 good model, saved after every epoch), `log.csv` (every loss term per epoch),
 `tensorboard/` and `backup/` (BackupAndRestore state: rerunning the same
 command after a crash resumes from the last finished epoch).
@@ -50,7 +50,9 @@ def define_flags():
     flags.DEFINE_string("task", None, "Task (sr or deblur), when the measurements have no sidecar.")
     flags.DEFINE_integer("factor", None, "SR factor, when the measurements have no sidecar.")
     flags.DEFINE_string("kernel", None, "Blur kernel (gaussian:S, box:R or a PSF file), when no sidecar.")
-    flags.DEFINE_float("noise_sigma", None, "Noise std in 8-bit units (5 = 5/255); must match the sidecar.")
+    flags.DEFINE_string("noise", None, "Noise model, when no sidecar (must match it otherwise): gaussian:sigma=S, "
+                        "poisson:gain=G or poisson_gaussian:gain=G,sigma=S (see sei_tf.noise.parse_spec).")
+    flags.DEFINE_float("noise_sigma", None, "Gaussian noise std in 8-bit units (5 = 5/255); must match the sidecar.")
     flags.DEFINE_integer("channels", None, "1 or 3; default: the sidecar's, else 3.")
     flags.DEFINE_integer("epochs", 10, "Number of epochs.")
     flags.DEFINE_integer("steps_per_epoch", 100, "Optimiser steps per epoch.")
@@ -125,10 +127,10 @@ def resolve_physics(measurements):
     recorded = data.physics_from_sidecar(meta) if meta is not None else None
     if recorded is None and FLAGS.task is None:
         raise TrainingError("The measurements have no sei_tf.json sidecar: give --task "
-                            "(and --factor or --kernel) and --noise_sigma.")
+                            "(and --factor or --kernel) and --noise (or --noise_sigma).")
     try:
-        op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, factor=FLAGS.factor,
-                                kernel=FLAGS.kernel)
+        op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, noise=FLAGS.noise,
+                                factor=FLAGS.factor, kernel=FLAGS.kernel)
     except physics.PhysicsError as err:
         if recorded is None:
             raise
@@ -137,7 +139,7 @@ def resolve_physics(measurements):
     if recorded is not None:
         differences = recorded.differences(op)
         if differences:
-            given = " ".join(f"--{name}={getattr(FLAGS, name)}" for name in ("task", "factor", "kernel", "noise_sigma")
+            given = " ".join(f"--{name}={getattr(FLAGS, name)}" for name in ("task", "factor", "kernel", "noise", "noise_sigma")
                              if getattr(FLAGS, name) is not None)
             raise TrainingError(f"{given} contradicts {meta.get('_path', 'the sidecar')}, which records "
                                 f"{recorded.describe()}: {'; '.join(differences)}. Drop the flag(s) to use the "

@@ -32,7 +32,7 @@ KEYS = (
     "kernel",             # blur kernel name ('gaussian:2', ...) or 'none'
     "kernel_array",       # JSON 2-D list of the PSF, or 'null'
     "noise_sigma",        # Gaussian noise std the model was trained for, 8-bit units (sigma * 255), or 'unknown'
-    "noise",              # the noise model in words, e.g. 'gaussian sigma 5/255' (from 0.2)
+    "noise",              # the noise model in words, e.g. 'gaussian sigma 5/255' or 'poisson gain 0.01 (...)' (from 0.2)
     "operator",           # the forward operator in words, e.g. 'sr x2', 'blur gaussian:2' (from 0.2)
     "physics",            # JSON of sei_tf.physics.serialize(op): rebuilds the physics with TensorFlow
                           # installed (sei_tf.physics.deserialize); 'null' for a bare backbone (from 0.2)

@@ -48,6 +48,49 @@ def test_sure_is_unbiased_estimate_of_measurement_mse(op_name):
     assert abs(naive_bias) > 10 * (4 * stderr), (naive_bias, stderr)
 
 
+PHOTON_NOISE = {"poisson": "poisson:gain=0.01", "poisson_gaussian": "poisson_gaussian:gain=0.005,sigma=10"}
+
+
+@pytest.mark.parametrize("noise_name", list(PHOTON_NOISE))
+@pytest.mark.parametrize("op_name", ["sr", "blur"])
+def test_photon_sure_is_unbiased_estimate_of_measurement_mse(op_name, noise_name):
+    """PURE / PG-URE against the true error ||A f(y) - z||^2 / m, z = E[y | x] = max(A x, 0)."""
+    spec = PHOTON_NOISE[noise_name]
+    op = physics.SuperResolution(2, noise=spec) if op_name == "sr" else physics.Blur("gaussian:1", noise=spec)
+    assert op.noise.sure_estimator == noise_name
+    f = _sr_restorer(op) if op_name == "sr" else _blur_restorer()
+    x = photo("astronaut", 32)[None]
+    n = 512
+    ax = op.A(tf.constant(np.repeat(x, n, axis=0)))
+    y = op.noise.sample(ax, seed=[3, 4])
+    sure = losses.SURE(tau=0.01)(f(y), y, op, f, seed=tf.constant([5, 6]))
+    mask = losses.interior_mask(tf.shape(y), op.margin)
+    m = tf.reduce_sum(mask) * 3.0
+    z = tf.maximum(ax, 0.0)
+    true = tf.reduce_sum(tf.square((op.A(f(y)) - z) * mask), axis=[1, 2, 3]) / m
+    naive = tf.reduce_sum(tf.square((op.A(f(y)) - y) * mask), axis=[1, 2, 3]) / m
+    diff = (sure - true).numpy()
+    stderr = diff.std() / np.sqrt(n)
+    assert abs(diff.mean()) < 4 * stderr + 1e-7, (diff.mean(), stderr, float(tf.reduce_mean(true)))
+    naive_bias = float(tf.reduce_mean(naive - true))
+    assert abs(naive_bias) > 10 * (4 * stderr), (naive_bias, stderr)
+
+
+def test_sure_mask_leaves_out_the_border_and_saturated_values():
+    """With an 8-bit noise model, SURE's sums skip values at 0 or 1 (and the blur margin)."""
+    x = tf.constant(photo("astronaut", 32)[None])
+    for spec in ("gaussian:sigma=5,bits=8", "gaussian:sigma=5"):
+        op = physics.Blur("gaussian:1", noise=spec)
+        y = op.noise.sample(op.A(x), seed=[1, 2]).numpy()
+        y[0, 10:16, 10:16, :] = 1.0  # a saturated patch inside
+        mask, m = losses.sure_mask(tf.constant(y), op)
+        expected = losses.interior_mask(tf.shape(y), op.margin).numpy() * np.ones_like(y)
+        if spec.endswith("bits=8"):
+            expected *= (y > 0) & (y < 1)
+        np.testing.assert_array_equal(mask.numpy(), expected)
+        assert float(m[0]) == expected.sum()
+
+
 def _tiny_restorer(seed=0):
     layer = tf.keras.layers.Conv2D(3, 3, padding="same",
                                    kernel_initializer=tf.keras.initializers.GlorotUniform(seed))

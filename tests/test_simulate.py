@@ -225,3 +225,30 @@ def test_cli_errors_are_one_line_exit_1(tmp_path):
     assert "Traceback" not in res.stderr
     assert f"error: No images found in folder {tmp_path / 'empty'}" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_noise_models(tmp_path):
+    """--noise reaches the sidecar; bad or contradictory noise flags are one-line errors; train reads it back."""
+    gt = _make_ground_truth(tmp_path / "gt")
+    out = tmp_path / "pg"
+    res = _cli(f"--ground_truth={gt}", f"--output={out}", "--task=deblur", "--kernel=gaussian:1",
+               "--noise=poisson_gaussian:gain=0.01,sigma=2", "--shorter_side=40", "--noprogress")
+    assert res.returncode == 0, res.stderr
+    assert "poisson-gaussian gain 0.01 (100 photons at full scale), sigma 2/255" in res.stdout
+    recorded = data.physics_from_sidecar(data.read_sidecar(out / "measurements"))
+    assert recorded.noise.spec() == "poisson_gaussian:gain=0.01,sigma=2"
+    for flags, message in ((["--noise=poisson:gain=0.01", "--noise_sigma=5"], "disagree"),
+                           (["--noise=poisson:gain=x"], "gain='x' in noise spec"),
+                           (["--noise=auto"], "not available yet")):
+        res = _cli(f"--ground_truth={gt}", f"--output={tmp_path / 'bad'}", *flags, "--noprogress")
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert message in res.stderr.strip().splitlines()[-1], res.stderr
+        assert not (tmp_path / "bad").exists()
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "sei_tf.train", f"--measurements={out}", "--noise=poisson:gain=0.01",
+                          f"--output={tmp_path / 'run'}", "--epochs=1", "--steps_per_epoch=1"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1 and "--noise=poisson:gain=0.01 contradicts" in last and "the noise:" in last, last
+    assert not (tmp_path / "run").exists()

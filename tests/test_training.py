@@ -129,28 +129,30 @@ DISTRIBUTED = textwrap.dedent("""
     import keras
     from sei_tf import models, physics, sei_model
 
-    def make(method):
+    def make(method, noise):
         keras.utils.set_random_seed(0)
-        op = physics.SuperResolution(2, noise_sigma=5)
+        op = physics.SuperResolution(2, noise=noise)
         m = sei_model.SEIModel(models.build("cnn", upscale=2, features=8, num_blocks=1), op, method=method)
         m.compile(keras.optimizers.SGD(0.5))
         m.build((None, None, None, 3))
         return m
 
     ys = tf.random.stateless_uniform([4, 16, 16, 3], [5, 6])
-    for method in ["sei", "ei_rotate", "css"]:
-        single = make(method)
+    runs = [("sei", "gaussian:sigma=5"), ("ei_rotate", "gaussian:sigma=5"), ("css", "gaussian:sigma=5"),
+            ("sei", "poisson_gaussian:gain=0.01,sigma=2")]  # Poisson draws per replica, too
+    for method, noise in runs:
+        single = make(method, noise)
         start = [w.numpy() for w in single.backbone.weights]
         single.fit(tf.data.Dataset.from_tensor_slices(ys).batch(4), epochs=1, verbose=0)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         with strategy.scope():
-            dist = make(method)
+            dist = make(method, noise)
             dist.backbone.set_weights(start)
             dist.fit(tf.data.Dataset.from_tensor_slices(ys).batch(4), epochs=1, verbose=0)
         moved = max(float(np.abs(a.numpy() - b).max()) for a, b in zip(single.backbone.weights, start))
         diff = max(float(np.abs(a.numpy() - b.numpy()).max())
                    for a, b in zip(single.backbone.weights, dist.backbone.weights))
-        print(method, "moved", moved, "diff", diff)
+        print(method + "/" + noise.split(":")[0], "moved", moved, "diff", diff)
 """)
 
 
@@ -158,10 +160,10 @@ DISTRIBUTED = textwrap.dedent("""
 def test_mirrored_step_matches_single_device():
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out = subprocess.run([sys.executable, "-c", DISTRIBUTED], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [l.split() for l in out.stdout.splitlines() if " moved " in l]
-    assert len(lines) == 3, out.stdout
+    assert len(lines) == 4, out.stdout
     for method, _, moved, _, diff in lines:
         # One SGD step moves weights by ~1e-3; both runs agree to float32 reduction order.
         assert float(moved) > 1e-4, (method, moved)

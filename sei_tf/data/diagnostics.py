@@ -89,7 +89,8 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5, noise_model
 
     Args:
       images: list of arrays (H, W, C) or file paths, or a folder.
-      noise_sigma: the declared noise std in 8-bit units.
+      noise_sigma: the declared Gaussian noise std in 8-bit units; None (another
+        noise model) skips the noise-level check.
       clip_fraction: warn when more than this fraction of an image's values are
         exactly 0 or exactly 1 (clipping makes the noise non-Gaussian; SURE's
         estimate is then biased).
@@ -121,8 +122,10 @@ def diagnose(images, noise_sigma, clip_fraction=0.01, tolerance=1.5, noise_model
             warnings.append(
                 f"{name}: {100 * clipped:.1f}% of the values are exactly 0 or 1: the measurements look "
                 "clipped (saturated or quantised to [0, 1]). SURE assumes unclipped Gaussian noise; "
-                "its loss will be biased. Save measurements as float TIFF without clipping if you can.")
-    if images:
+                "its loss will be biased. Save measurements as float TIFF without clipping if you can; "
+                "otherwise add ',bits=8' to --noise (e.g. gaussian:sigma=5,bits=8) so SURE leaves "
+                "saturated values out.")
+    if images and noise_sigma is not None:  # None: not Gaussian noise, no level to check
         estimate = float(np.median([estimate_noise_sigma(a) for a in images]))
         declared = float(noise_sigma)
         ratio = max(estimate, NOISE_FLOOR) / max(declared, NOISE_FLOOR)

@@ -82,8 +82,8 @@ def check_noise_level(meta, noise_sigma):
             raise DataError("No noise level: give noise_sigma (8-bit units) or use measurements "
                             "with a sei_tf.json sidecar.")
         return float(noise_sigma)
-    noise = physics_from_sidecar(meta).noise
-    recorded = getattr(noise, "sigma", None)
+    op = physics_from_sidecar(meta)
+    noise, recorded = op.noise, op.noise_sigma  # noise_sigma: None unless the noise is Gaussian
     if noise_sigma is None:
         return recorded
     if recorded is None or abs(float(noise_sigma) - recorded) > 1e-6:
