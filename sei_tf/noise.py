@@ -286,7 +286,12 @@ def deserialize(config):
 # Spec name -> (class, its parameters). `bits` (an integer file) goes with any of them.
 KINDS = {"gaussian": (Gaussian, ("sigma",)), "poisson": (Poisson, ("gain",)),
          "poisson_gaussian": (PoissonGaussian, ("gain", "sigma"))}
-AUTO = "auto"  # `--noise auto`: estimate the noise from the measurements (not available yet)
+AUTO = "auto"  # `train --noise auto`: the noise estimated from the measurements (sei_tf.noise_estimation)
+
+
+def is_auto(text):
+    """Whether a `--noise` value asks for the noise to be estimated from the measurements."""
+    return isinstance(text, str) and text.strip().lower() == AUTO
 
 
 def parse_spec(text):
@@ -301,7 +306,7 @@ def parse_spec(text):
         raise PhysicsError(f"A noise spec must be a string like 'gaussian:sigma=5', got {text!r}.")
     text = text.strip()
     if text.lower() == AUTO:
-        raise PhysicsError("--noise auto (estimating the noise from the measurements) is not available yet; "
+        raise PhysicsError("--noise auto estimates the noise from measurements: only `train` takes it. Here "
                            "give the noise model and its level, e.g. --noise gaussian:sigma=5 or "
                            "--noise poisson_gaussian:gain=0.01,sigma=2.")
     kind, sep, rest = text.partition(":")

@@ -236,6 +236,13 @@ def estimate(measurements, levels=8, rise=1.2, max_patches=200_000):
     return result
 
 
+def to_spec(result):
+    """The `--noise` spec string of an `estimate` result, e.g. 'poisson_gaussian:gain=0.0102,sigma=2.05'."""
+    if result["model"] == "gaussian":
+        return f"gaussian:sigma={result['sigma']:.4g}"
+    return f"poisson_gaussian:gain={result['gain']:.4g},sigma={result['sigma']:.4g}"
+
+
 def describe(result):
     """One line for people, e.g. 'poisson_gaussian: gain 0.0102, sigma 2.05/255'."""
     if result["model"] == "gaussian":

@@ -51,7 +51,8 @@ def define_flags():
     flags.DEFINE_integer("factor", None, "SR factor, when the measurements have no sidecar.")
     flags.DEFINE_string("kernel", None, "Blur kernel (gaussian:S, box:R or a PSF file), when no sidecar.")
     flags.DEFINE_string("noise", None, "Noise model, when no sidecar (must match it otherwise): gaussian:sigma=S, "
-                        "poisson:gain=G or poisson_gaussian:gain=G,sigma=S (see sei_tf.noise.parse_spec).")
+                        "poisson:gain=G or poisson_gaussian:gain=G,sigma=S (see sei_tf.noise.parse_spec); auto: "
+                        "estimated from the measurements (sei_tf.noise_estimation), replacing a sidecar's.")
     flags.DEFINE_float("noise_sigma", None, "Gaussian noise std in 8-bit units (5 = 5/255); must match the sidecar.")
     flags.DEFINE_integer("channels", None, "1 or 3; default: the sidecar's, else 3.")
     flags.DEFINE_integer("epochs", 10, "Number of epochs.")
@@ -116,20 +117,43 @@ def check_global_batch(batch_size, replicas):
                             f"{replicas}.")
 
 
-def resolve_physics(measurements):
+def read_sidecar(measurements):
+    """The folder's sidecar (dict) or None."""
+    from sei_tf import data
+
+    return data.read_sidecar(measurements) if os.path.isdir(measurements) else None
+
+
+def estimated_noise(images):
+    """`--noise auto`: the noise spec estimated from the measurements themselves (`sei_tf.noise_estimation`)."""
+    from sei_tf import noise_estimation
+
+    if FLAGS.noise_sigma is not None:
+        raise TrainingError("--noise auto estimates the noise level: drop --noise_sigma.")
+    try:
+        result = noise_estimation.estimate(images)
+    except noise_estimation.NoiseEstimationError as err:
+        raise TrainingError(f"--noise auto: {err} Give the noise with --noise instead.") from None
+    logging.info("--noise auto: estimated %s from %d measurement(s) (--noise %s).",
+                 noise_estimation.describe(result), len(images), noise_estimation.to_spec(result))
+    return noise_estimation.to_spec(result)
+
+
+def resolve_physics(measurements, estimated=None):
     """The physics from the sidecar and/or the flags; flags that contradict the sidecar are errors.
 
-    Returns (physics, sidecar dict or {}).
+    `estimated`: the noise spec of `--noise auto`, which replaces the noise a sidecar
+    records (both are logged). Returns (physics, sidecar dict or {}).
     """
     from sei_tf import data, physics
 
-    meta = data.read_sidecar(measurements) if os.path.isdir(measurements) else None
+    meta = read_sidecar(measurements)
     recorded = data.physics_from_sidecar(meta) if meta is not None else None
     if recorded is None and FLAGS.task is None:
         raise TrainingError("The measurements have no sei_tf.json sidecar: give --task "
                             "(and --factor or --kernel) and --noise (or --noise_sigma).")
     try:
-        op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, noise=FLAGS.noise,
+        op = physics.from_flags(FLAGS.task, FLAGS.noise_sigma, like=recorded, noise=estimated or FLAGS.noise,
                                 factor=FLAGS.factor, kernel=FLAGS.kernel)
     except physics.PhysicsError as err:
         if recorded is None:
@@ -137,7 +161,13 @@ def resolve_physics(measurements):
         raise TrainingError(f"{err} {meta.get('_path', 'The sidecar')} records {recorded.describe()}; drop the "
                             "flag(s) to use the recorded physics.") from err
     if recorded is not None:
-        differences = recorded.differences(op)
+        checked = op
+        if estimated:
+            logging.info("--noise auto replaces the noise %s records (%s).", meta.get("_path", "the sidecar"),
+                         recorded.noise.describe())
+            checked = physics.from_flags(FLAGS.task, None, like=recorded, noise=recorded.noise,
+                                         factor=FLAGS.factor, kernel=FLAGS.kernel)
+        differences = recorded.differences(checked)
         if differences:
             given = " ".join(f"--{name}={getattr(FLAGS, name)}" for name in ("task", "factor", "kernel", "noise", "noise_sigma")
                              if getattr(FLAGS, name) is not None)
@@ -243,6 +273,7 @@ def train():
 
     from sei_tf import callbacks as callbacks_lib
     from sei_tf import data, models, objectives, precision, sei_model
+    from sei_tf import noise as noise_lib
 
     run_dir = FLAGS.output
     # Before any TF op: logical CPU devices and collective ops are configured at start-up.
@@ -255,11 +286,16 @@ def train():
         run_dir = distributed.write_dir(FLAGS.output)
     check_output(run_dir, FLAGS.overwrite, create=False)  # refuse a finished run before loading anything
     files = data.list_images(FLAGS.measurements)  # a folder, a file, or comma-separated paths
-    op, meta = resolve_physics(FLAGS.measurements)
-    channels = FLAGS.channels or meta.get("channels") or 3
-    images, names = data.load_images(files, channels=channels)
+    channels = FLAGS.channels or (read_sidecar(FLAGS.measurements) or {}).get("channels") or 3
+    estimated = None
+    if noise_lib.is_auto(FLAGS.noise):  # the measurements are needed before the physics
+        images, names = data.load_images(files, channels=channels)
+        estimated = estimated_noise(images)
+    op, meta = resolve_physics(FLAGS.measurements, estimated)
+    if estimated is None:
+        images, names = data.load_images(files, channels=channels)
     logging.info("%s", data.noise_model(images)[1])
-    for warning in data.diagnose(images, op.noise_sigma):
+    for warning in data.diagnose(images, op.noise_sigma, noise_model_name=op.noise.sure_estimator):
         logging.warning("%s", warning)
     all_files = files
     objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,
