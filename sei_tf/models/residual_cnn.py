@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from sei_tf.errors import SeiTfError
-from sei_tf.models import mixed
+from sei_tf.models import initializers, mixed
 
 # `init` name -> what it does to every convolution but the zero tail. fan_in = 3*3*in_channels.
 INITS = {
@@ -41,10 +41,7 @@ def conv_initializers(init, fan_in):
     if init == "glorot_uniform":
         return "glorot_uniform", "zeros"
     if init in ("torch", "torch_zero_branch"):
-        bound = fan_in**-0.5
-        # VarianceScaling(1/3, fan_in, uniform) draws U(+-sqrt(3 * (1/3) / fan_in)) = U(+-1/sqrt(fan_in)).
-        return (keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform"),
-                keras.initializers.RandomUniform(-bound, bound))
+        return initializers.torch_conv(fan_in)
     if init == "he_normal":
         return "he_normal", "zeros"
     raise SeiTfError(f"ResidualCNN: unknown init {init!r}; choose one of {', '.join(INITS)}.")
