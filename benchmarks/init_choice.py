@@ -128,8 +128,7 @@ def write_report(results_dir, base_cfg):
     baselines = {(c["task"], c["seed"]): c for c in cells if c["method"] == "baseline"}
     by_key = {(c["task"], c["method"], c["init"], c["seed"]): c for c in learned}
     tasks = [t for t in quality.TASKS if any(c["task"] == t for c in learned)]
-    inits = [i for i in FLAGS.inits if any(c["init"] == i for c in learned)]
-    inits += sorted({c["init"] for c in learned} - set(inits))
+    inits = list(FLAGS.inits) + sorted({c["init"] for c in learned} - set(FLAGS.inits))
 
     lines = [f"# ResidualCNN initialisation: validation PSNR ({time.strftime('%Y-%m-%d %H:%M')} UTC)", "",
              f"CPU: {cpu_model()}. Written by benchmarks/init_choice.py.", "",
@@ -165,6 +164,8 @@ def write_report(results_dir, base_cfg):
                     if ref is not None:
                         diffs += list(np.asarray(c["psnr"]) - np.asarray(ref["psnr"]))
                 delta = f"{np.mean(diffs):+.2f} ± {np.std(diffs):.2f}" if diffs else "n/a"
+                if init == REFERENCE_INIT:
+                    delta = "(reference)"
                 psnr = float(np.mean([c["psnr_mean"] for c in got]))
                 per_seed = " / ".join(f"{c['psnr_mean']:.2f}" for c in got)
                 lines.append(f"| {task} | {method} | {init} | {len(got)} | {psnr:.2f} | {per_seed} | {delta} | "
