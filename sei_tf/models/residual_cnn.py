@@ -18,8 +18,9 @@ Initialisation (`init`, see `INITS`): how the convolutions' weights start. The
 tail (last convolution) is zero in every case, so f(y) starts as the skip.
 The default is "torch" (PyTorch's Conv2d default, as in the PyTorch EDSR/SwinIR
 code the paper builds on), chosen by benchmarks/init_choice.py at the quality
-benchmark's budget (results/init_choice.md): with SEI it beat Keras's Glorot
-default by 0.46 dB (SR x2) and 0.34 dB (Gaussian blur s2) of validation PSNR;
+benchmark's budget (results/init_choice.md): it beat Keras's Glorot default in
+every cell, by 0.32 dB with SEI and 0.31 dB supervised on SR x2 (2 seeds), 0.34
+and 0.15 dB on Gaussian blur s2 (1 seed) of validation PSNR;
 "torch_zero_branch" was within noise of it; "he_normal" blew up in its first
 steps and ended below the non-learned baseline. Without normalisation the
 residual blocks add up: on uniform noise in [0, 1], the tail's input starts at
