@@ -72,6 +72,8 @@ TASKS = {
     "box_3": {"task": "deblur", "kernel": "box:3", "label": "Box blur r=3"},
 }
 NOISE_SIGMA = 5.0
+# A cnn configuration without "init" in its backbone_args is one from before ResidualCNN had the option.
+CNN_INIT_BEFORE_OPTION = "glorot_uniform"
 # Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
 # cell files and the rows of the results, so they stay as they were.
 METHODS = {"supervised": "supervised", "css": "css", "sure": "sure", "ei_shift": "ei_shift",
@@ -114,6 +116,8 @@ flags.DEFINE_integer("patch_size_x4", None, "Patch side in measurement pixels fo
 flags.DEFINE_enum("backbone", None, ["cnn", "swinir", "swinir_light"], "Backbone (cpu: cnn, paper: swinir).")
 flags.DEFINE_integer("features", None, "cnn: feature channels (default 32).")
 flags.DEFINE_integer("num_blocks", None, "cnn: residual blocks (default 8).")
+flags.DEFINE_string("cnn_init", None, "cnn: initialisation, a key of ResidualCNN's INITS (default: the backbone's "
+                    "default; see benchmarks/results/init_choice.md). glorot_uniform cells keep their cache keys.")
 flags.DEFINE_integer("swinir_embed_dim", None, "SwinIR embedding dim override (tiny runs).")
 flags.DEFINE_list("swinir_depths", None, "SwinIR stage depths override, e.g. 1,1.")
 flags.DEFINE_list("swinir_num_heads", None, "SwinIR heads per stage override, e.g. 2,2.")
@@ -150,6 +154,13 @@ def resolve_config():
     backbone = pick(FLAGS.backbone, "cnn", "swinir")
     if backbone == "cnn":
         backbone_args = {"features": pick(FLAGS.features, 32, 32), "num_blocks": pick(FLAGS.num_blocks, 8, 8)}
+        from sei_tf.models import residual_cnn
+
+        init = FLAGS.cnn_init or residual_cnn.DEFAULT_INIT
+        if init not in residual_cnn.INITS:
+            raise app.UsageError(f"--cnn_init {init}: choose one of {', '.join(residual_cnn.INITS)}.")
+        if init != CNN_INIT_BEFORE_OPTION:  # configurations of the old init keep the keys of their cells
+            backbone_args["init"] = init
     else:
         backbone_args = {}
         if FLAGS.swinir_embed_dim is not None:
@@ -308,8 +319,11 @@ def build_model(task_key, method, cfg, physics=None):
 
     keras.utils.set_random_seed(cfg["seed"])
     op = physics or make_physics(task_key)
+    args = dict(cfg["backbone_args"])
+    if cfg["backbone"] == "cnn":
+        args.setdefault("init", CNN_INIT_BEFORE_OPTION)
     backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
-                            precision=cfg.get("precision", "float32"), **cfg["backbone_args"])
+                            precision=cfg.get("precision", "float32"), **args)
     return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
 
 

@@ -219,21 +219,28 @@ def test_tasks_are_physics_and_methods_are_presets(quality):
 
 
 def test_cell_set_key_of_the_committed_results(quality):
-    """The default float32 configuration still maps to the cell set of the committed results (cached cells stay valid)."""
+    """The float32 configuration of the committed results (cnn with its former Glorot init) still maps to their
+    cell set (cached cells stay valid); another init is another cell set."""
     from sei_tf import data
 
     committed = json.load(open(os.path.join(COMMITTED[0], "quality.json")))
     flags = quality.FLAGS
     flags.unparse_flags()
-    flags(["quality.py", "--precision=float32"])
-    try:
-        cfg = quality.resolve_config()
-    finally:
-        flags.unparse_flags()
-    assert cfg == committed["config"]
+    configs = {}
+    for init in ("glorot_uniform", "torch"):
+        flags(["quality.py", "--precision=float32", f"--cnn_init={init}"])
+        try:
+            configs[init] = quality.resolve_config()
+        finally:
+            flags.unparse_flags()
+    assert configs["glorot_uniform"] == committed["config"]
     sources = ([f"/src/{n}.png" for n in data.SAMPLE_NAMES]
                + [f"/mate/{n}.jpg" for n in quality.MATE_NAMES])
-    assert quality.cell_set_key(cfg, sources, set(quality.TEST_NAMES))[1] == committed["cell_set"]
+    keys = {i: quality.cell_set_key(c, sources, set(quality.TEST_NAMES))[1] for i, c in configs.items()}
+    assert keys["glorot_uniform"] == committed["cell_set"] != keys["torch"]
+    # The model a configuration without "init" builds has the init its cells were trained with.
+    assert quality.build_model("sr_x2", "sei", configs["glorot_uniform"]).backbone.init == "glorot_uniform"
+    assert quality.build_model("sr_x2", "sei", configs["torch"]).backbone.init == "torch"
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=["results", "supervised_3x"])

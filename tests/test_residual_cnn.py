@@ -134,3 +134,115 @@ def test_file_without_precision_loads_as_float32(tmp_path):
     loaded = keras.saving.load_model(str(old))
     assert loaded.precision == "float32" and loaded.get_config()["precision"] == "float32"
     np.testing.assert_array_equal(loaded(y).numpy(), net(y).numpy())
+
+
+# ------------------------------------------------------------ initialisation
+
+
+def _convs(net):
+    """(layer, fan_in) of every convolution but the tail; fan_in = 3*3*in_channels."""
+    convs = [(net.head, 9 * net.channels)]
+    convs += [(c, 9 * net.features) for pair in net.blocks for c in pair]
+    return convs + [(net.body, 9 * net.features)]
+
+
+def _built(init, features=32, num_blocks=2, seed=0):
+    keras.utils.set_random_seed(seed)
+    net = models.build("cnn", upscale=2, channels=3, features=features, num_blocks=num_blocks, init=init)
+    net(tf.zeros([1, 8, 8, 3]))
+    return net
+
+
+@pytest.mark.parametrize("init", ["glorot_uniform", "torch", "he_normal"])
+def test_initial_kernel_variance_and_bounds(init):
+    """Each block kernel (9*32*32 = 9216 draws) has its documented variance within 10%, and bound."""
+    net = _built(init)
+    fan = 9 * 32
+    expected = {"glorot_uniform": 2 / (fan + fan), "torch": 1 / (3 * fan), "he_normal": 2 / fan}[init]
+    bound = {"glorot_uniform": (6 / (fan + fan)) ** 0.5, "torch": fan**-0.5, "he_normal": 2 * (2 / fan) ** 0.5 / 0.87962566}[init]
+    for conv_a, conv_b in net.blocks:
+        for conv in (conv_a, conv_b):
+            k = conv.kernel.numpy()
+            assert abs(k.mean()) < 0.05 * expected**0.5
+            assert abs(k.var() / expected - 1) < 0.10, (conv.name, k.var(), expected)
+            assert np.abs(k).max() <= bound * (1 + 1e-6)
+
+
+def test_torch_biases_uniform_within_one_over_sqrt_fan_in():
+    """'torch': bias ~ U(+-1/sqrt(fan_in)); divided by its bound, pooled over layers it is U(-1, 1), variance 1/3."""
+    net = _built("torch", num_blocks=4)
+    scaled = np.concatenate([conv.bias.numpy() * fan**0.5 for conv, fan in _convs(net)])  # 10 layers x 32
+    assert np.abs(scaled).max() <= 1 + 1e-6
+    assert abs(scaled.var() * 3 - 1) < 0.25, scaled.var()
+    # The head's bound differs from the blocks' (fan_in 27 vs 288): the bound really follows fan_in.
+    assert np.abs(net.head.bias.numpy()).max() > 288**-0.5
+
+
+@pytest.mark.parametrize("init", ["glorot_uniform", "he_normal"])
+def test_keras_style_biases_start_at_zero(init):
+    net = _built(init)
+    assert all(not np.any(conv.bias.numpy()) for conv, _ in _convs(net))
+
+
+@pytest.mark.parametrize("init", list(models.residual_cnn.INITS))
+def test_tail_is_zero_so_output_is_the_skip(init):
+    net = _built(init, features=8)
+    assert not np.any(net.tail.kernel.numpy()) and not np.any(net.tail.bias.numpy())
+    y = tf.random.stateless_uniform([1, 9, 7, 3], [1, 1])
+    np.testing.assert_array_equal(net(y).numpy(), net.skip(y).numpy())
+
+
+def test_zero_branch_makes_every_residual_block_the_identity():
+    """'torch_zero_branch': h + conv_b(conv_a(h)) == h for every block at init; the first conv stays random."""
+    net = _built("torch_zero_branch", features=8, num_blocks=3)
+    h = net.head(tf.random.stateless_uniform([1, 10, 10, 3], [2, 2]))
+    assert np.any(h.numpy())
+    for conv_a, conv_b in net.blocks:
+        assert np.any(conv_a(h).numpy())  # the branch's first conv is not dead
+        np.testing.assert_array_equal((h + conv_b(conv_a(h))).numpy(), h.numpy())
+        assert abs(conv_a.kernel.numpy().var() * 3 * 72 - 1) < 0.3  # 'torch' scale elsewhere
+    # Not so with the plain 'torch' init: the blocks change h.
+    plain = _built("torch", features=8, num_blocks=3)
+    a, b = plain.blocks[0]
+    assert np.abs((b(a(h))).numpy()).max() > 1e-3
+
+
+def test_init_round_trips_through_config_and_keras_file(tmp_path):
+    net = _built("he_normal", features=8, num_blocks=1)
+    assert net.get_config()["init"] == "he_normal"
+    assert models.ResidualCNN.from_config(net.get_config()).init == "he_normal"
+    _random_tail(net)
+    path = str(tmp_path / "he.keras")
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    y = tf.random.stateless_uniform([1, 8, 8, 3], [6, 7])
+    assert loaded.init == "he_normal"
+    np.testing.assert_array_equal(loaded(y).numpy(), net(y).numpy())
+
+
+def test_file_without_init_loads_with_its_weights(tmp_path):
+    """.keras files from before `init` existed load; their trained weights, not a new init, are used."""
+    net = _built("glorot_uniform", features=8, num_blocks=1)
+    _random_tail(net)
+    path = tmp_path / "new.keras"
+    net.save(str(path))
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                config["config"].pop("init")
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = keras.saving.load_model(str(old))
+    assert loaded.init == models.residual_cnn.DEFAULT_INIT
+    for a, b in zip(loaded.get_weights(), net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_init_is_a_clear_error():
+    from sei_tf.errors import SeiTfError
+
+    with pytest.raises(SeiTfError, match="torch_zero_branch"):
+        models.build("cnn", init="kaiming")

@@ -54,7 +54,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from sei_tf.models import mixed
+from sei_tf.models import initializers, mixed
 
 __all__ = [
     "SwinIR",
@@ -77,7 +77,16 @@ _LN_EPS = 1e-5  # PyTorch nn.LayerNorm default, as in the reference model.
 
 
 def _dense_init():
+    """Linear layers: truncated normal, std 0.02, zero bias (the reference's `_init_weights`)."""
     return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+def _conv(filters, in_channels, **kwargs):
+    """A 3x3 "same" convolution initialised as the reference's nn.Conv2d (PyTorch's default:
+    kernel and bias U(+-1/sqrt(9 * in_channels)); its `_init_weights` leaves convolutions alone)."""
+    kernel, bias = initializers.torch_conv(9 * in_channels)
+    return keras.layers.Conv2D(filters, 3, padding="same", kernel_initializer=kernel, bias_initializer=bias,
+                               **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -324,8 +333,7 @@ class ResidualSwinTransformerBlock(keras.layers.Layer):
                 mlp_ratio=mlp_ratio, name=f"stl_{i}", dtype=self.dtype_policy)
             for i in range(int(depth))
         ]
-        self.conv = keras.layers.Conv2D(self.dim, 3, padding="same", name="conv",
-                                        dtype=self.dtype_policy)
+        self.conv = _conv(self.dim, self.dim, name="conv", dtype=self.dtype_policy)
 
     @property
     def input_dtype(self):
@@ -408,10 +416,10 @@ class SwinIR(keras.Model):
         self.shift_size = self.window_size // 2
         self._factors = _upsample_factors(self.upscale)
 
-        def conv(*args, **kw):
-            return keras.layers.Conv2D(*args, dtype=policy, **kw)
+        def conv(filters, in_channels, name):
+            return _conv(filters, in_channels, name=name, dtype=policy)
 
-        self.conv_first = conv(self.embed_dim, 3, padding="same", name="conv_first")
+        self.conv_first = conv(self.embed_dim, self.channels, "conv_first")
         self.patch_norm = keras.layers.LayerNormalization(epsilon=_LN_EPS,
                                                           name="patch_norm", dtype="float32")
         self.stages = [
@@ -421,17 +429,16 @@ class SwinIR(keras.Model):
         ]
         self.norm = keras.layers.LayerNormalization(epsilon=_LN_EPS, name="norm",
                                                     dtype="float32")
-        self.conv_after_body = conv(self.embed_dim, 3, padding="same",
-                                    name="conv_after_body")
+        self.conv_after_body = conv(self.embed_dim, self.embed_dim, "conv_after_body")
         if self.upscale > 1:
             self.num_feat = 64
-            self.conv_before_upsample = conv(self.num_feat, 3, padding="same",
-                                             name="conv_before_upsample")
+            self.conv_before_upsample = conv(self.num_feat, self.embed_dim, "conv_before_upsample")
             self.upsample_convs = [
-                conv(r * r * self.num_feat, 3, padding="same", name=f"upsample_conv_{i}")
+                conv(r * r * self.num_feat, self.num_feat, f"upsample_conv_{i}")
                 for i, r in enumerate(self._factors)
             ]
-        self.conv_last = conv(self.channels, 3, padding="same", name="conv_last")
+        self.conv_last = conv(self.channels, self.num_feat if self.upscale > 1 else self.embed_dim,
+                              "conv_last")
 
     # -- keras plumbing ----------------------------------------------------
     def get_config(self):
