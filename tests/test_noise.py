@@ -112,7 +112,7 @@ def test_parse_spec(spec, expected):
     ("poisson:gain=0", "gain must be > 0"),
     ("gaussian:sigma=-1", "must be >= 0"),
     ("gaussian:sigma=5,bits=0", "bits must be"),
-    ("auto", "not available yet"),
+    ("auto", "only `train` takes it"),
 ])
 def test_parse_errors_name_the_bad_part(spec, named):
     with pytest.raises(PhysicsError, match=None) as err:
