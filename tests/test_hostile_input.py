@@ -333,6 +333,7 @@ def test_fuzz_mutations(case, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # minutes: not in the default run (pytest -m long)
 @settings(max_examples=2000, deadline=datetime.timedelta(seconds=5), database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=mutated_files())
