@@ -107,7 +107,10 @@ def new_model(task_key, channels, cfg):
 
 
 def initialisers(backbone):
-    """How the backbone's layers were initialised, read from the layers (e.g. 'GlorotUniform; tail: Zeros')."""
+    """How the backbone's layers were initialised: its `init` setting (e.g. 'torch; tail: Zeros'), else
+    read from the layers (e.g. 'GlorotUniform; tail: Zeros')."""
+    if getattr(backbone, "init", None):
+        return f"{backbone.init}; tail: Zeros"
     names = {}
     for layer in backbone._flatten_layers(include_self=False):
         init = getattr(layer, "kernel_initializer", None)
