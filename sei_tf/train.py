@@ -288,8 +288,14 @@ def train():
     files = data.list_images(FLAGS.measurements)  # a folder, a file, or comma-separated paths
     channels = FLAGS.channels or (read_sidecar(FLAGS.measurements) or {}).get("channels") or 3
     estimated = None
-    if noise_lib.is_auto(FLAGS.noise):  # the measurements are needed before the physics
+    # UNSURE learns the noise level: with no noise given anywhere, the physics records the estimate.
+    learns_noise = (FLAGS.method == "sei_unsure" and FLAGS.noise is None and FLAGS.noise_sigma is None
+                    and read_sidecar(FLAGS.measurements) is None)
+    if noise_lib.is_auto(FLAGS.noise) or learns_noise:  # the measurements are needed before the physics
         images, names = data.load_images(files, channels=channels)
+        if learns_noise:
+            logging.info("--method sei_unsure learns the noise level; the saved physics records the level "
+                         "estimated from the measurements (as --noise auto), for reference.")
         estimated = estimated_noise(images)
     op, meta = resolve_physics(FLAGS.measurements, estimated)
     if estimated is None:

@@ -282,3 +282,26 @@ def test_train_noise_auto_estimates_the_noise(tmp_path):
 
     sigma = loading.load_model(tmp_path / "run" / "model.keras").physics.noise.sigma
     assert 8.5 < sigma < 11.5, sigma  # the estimator is within a few % on blurred measurements
+
+
+@pytest.mark.slow
+def test_train_sei_unsure_needs_no_noise_level(tmp_path):
+    """--method sei_unsure on measurements with no sidecar and no noise flag trains (UNSURE learns the level)."""
+    import shutil
+
+    gt = _make_ground_truth(tmp_path / "gt", dark=False)
+    out = tmp_path / "sim"
+    res = _cli(f"--ground_truth={gt}", f"--output={out}", "--task=deblur", "--kernel=gaussian:1",
+               "--noise_sigma=10", "--shorter_side=96", "--noprogress")
+    assert res.returncode == 0, res.stderr
+    plain = tmp_path / "plain"
+    shutil.copytree(out / "measurements", plain)
+    os.remove(plain / "sei_tf.json")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-m", "sei_tf.train", f"--measurements={plain}", "--task=deblur",
+                          "--kernel=gaussian:1", "--method=sei_unsure", f"--output={tmp_path / 'run'}",
+                          "--epochs=1", "--steps_per_epoch=1", "--batch_size=2", "--patch_size=32", "--holdout=0",
+                          "--noprogress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "sei_unsure learns the noise level" in res.stderr
+    assert (tmp_path / "run" / "model.keras").exists()
