@@ -180,7 +180,8 @@ def _main(argv):
                 bar.write(f"{src} -> {dst} ({out.shape[1]}x{out.shape[0]} {out.dtype})")
         except (OSError, images.ImageError, InputError) as err:
             failures += 1
-            bar.write(f"error: {src}: {err}")
+            message = str(err)  # the readers' errors already start with the file's path
+            bar.write(f"error: {message}" if message.startswith(str(src)) else f"error: {src}: {message}")
         bar.update(1)
     bar.close()
     if failures:
