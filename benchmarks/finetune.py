@@ -19,6 +19,7 @@ Test PSNR (8-bit, `sei_tf.evaluate`) every --eval_every steps; finished runs are
 cached in results/finetune.json, so a rerun only does what is missing.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -213,6 +214,8 @@ def main(argv):
     path = os.path.join(FLAGS.results_dir, "finetune.json")
     config = {k: getattr(FLAGS, k) for k in ("model", "steps", "eval_every", "batch_size", "patch_size", "lr",
                                               "ft_lr", "l2sp", "seed")}
+    with open(loading.model_path(FLAGS.model), "rb") as f:  # the weights, not just the name: a retrained
+        config["model_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]  # model invalidates the runs
     res = json.load(open(path)) if os.path.isfile(path) else {}
     if res.get("config") != config:
         res = {"config": config, "runs": {}}
