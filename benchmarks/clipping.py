@@ -25,7 +25,6 @@ Every variant starts from the same weights and sees the same crops. Writes
 
 import json
 import os
-import platform
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +39,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import quality  # noqa: E402  (defines the protocol's flags: --steps, --precision, --cache_dir, ...)
 
+from benchmarks.machine import cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
 TASK_KEYS = ("sr_x2", "gaussian_2")
 METHOD = "sei"
@@ -52,15 +52,6 @@ flags.DEFINE_list("variants", list(VARIANTS), f"Variants to run, among {', '.joi
 flags.DEFINE_integer("sure_bias_draws", 32, "Noise draws per test image for the SURE-bias table (0: skip it).")
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def eight_bit_copy(td, out_dir):

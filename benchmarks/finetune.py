@@ -22,7 +22,6 @@ cached in results/finetune.json, so a rerun only does what is missing.
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 
@@ -35,6 +34,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.machine import cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "sei-cnn-sr2-grey", "The shipped (or saved) SR x2 greyscale model to start from.")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
@@ -53,15 +53,6 @@ IMAGES = ("cell", "moon")
 NOISE_SIGMA = 5.0
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tiles():

@@ -43,6 +43,7 @@ for _path in (ROOT, HERE):
 
 import quality  # noqa: E402  (defines the quality benchmark's flags, used here too)
 
+from benchmarks.machine import cpu_description as cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
 # Validation images: four of the quality benchmark's 15 training photographs (two
 # scikit-image, two mate-backgrounds), fixed before any run. The stereo pair
@@ -69,15 +70,6 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical cores"
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def cells_root(cache_dir):

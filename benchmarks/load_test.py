@@ -49,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks.machine import cpu_description as cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
 
 
@@ -71,15 +72,6 @@ def define_flags():
                         "Results path prefix (.md and .json are appended).")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
 
 
 # -- the server's memory --------------------------------------------------------------------------

@@ -29,7 +29,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks.machine import cpu_description  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("sizes", ["4", "33", "100", "400"], "Image sizes in megapixels (greyscale, square).")
 flags.DEFINE_list("whole_sizes", ["4", "33"], "Sizes also restored by the whole-image path (--nostream).")
@@ -62,17 +62,6 @@ flags.DEFINE_string("results", os.path.join(ROOT, "benchmarks", "results", "memo
 TIFF_TILE = 512
 
 
-def cpu_description():
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores"
 
 
 def make_model(tmpdir):

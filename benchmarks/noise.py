@@ -45,7 +45,7 @@ for _path in (ROOT, HERE):
 from absl import app, flags, logging  # noqa: E402
 
 import quality  # noqa: E402  (the protocol's flags: --steps, --precision, --cache_dir, ...)
-from clipping import cpu_model  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 TASK_KEYS = ("sr_x2", "gaussian_2")

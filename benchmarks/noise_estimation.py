@@ -21,7 +21,6 @@ Writes benchmarks/results/noise_estimation.md (first table) and .json.
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -49,21 +48,13 @@ TASKS = {"sr x2": physics.make("sr", factor=2), "blur gaussian s2": physics.make
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
+from benchmarks.machine import cpu_model  # noqa: E402
 def grey(name):
     a = getattr(skimage.data, name)()
     a = skimage.color.rgb2gray(a) if a.ndim == 3 else a / 255.0
     return resize_shorter_side(a[:, :, None].astype(np.float32), 256)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def noisy(z, gain, sigma, seed):

@@ -24,7 +24,6 @@ sei_tf/pretrained/<name>.keras with its card <name>.md and its row in index.json
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 
@@ -50,6 +49,7 @@ MODELS = {
     "sei-cnn-sr4-grey": ("sr_x4", 1),
 }
 
+from benchmarks.machine import cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", list(MODELS), f"Models to train, among {', '.join(MODELS)}.")
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between resumable checkpoints.")
@@ -58,15 +58,6 @@ flags.DEFINE_string("ship_dir", os.path.join(ROOT, "sei_tf", "pretrained"),
 flags.DEFINE_boolean("retrain", False, "Train again even when the model is already in --ship_dir.")
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prepare(task_key, channels, sources, test, cfg, cache_dir):
