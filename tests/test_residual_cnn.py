@@ -114,6 +114,22 @@ def test_precision_round_trips_through_config_and_keras_file(tmp_path):
     np.testing.assert_array_equal(loaded(y).numpy(), net(y).numpy())
 
 
+def _without_config_key(path, old, key):
+    """Copies the .keras file `path` to `old` with `key` removed from the model's config (as an
+    older version wrote it); returns the removed value."""
+    removed = []
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                removed.append(config["config"].pop(key))
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    assert len(removed) == 1, f"{path} has no config.json"
+    return removed[0]
+
+
 def test_file_without_precision_loads_as_float32(tmp_path):
     """.keras files from before `precision` existed carry only a float32 dtype policy."""
     net = models.build("cnn", upscale=2, channels=3, features=8, num_blocks=1)
@@ -123,14 +139,7 @@ def test_file_without_precision_loads_as_float32(tmp_path):
     path = tmp_path / "new.keras"
     net.save(str(path))
     old = tmp_path / "old.keras"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                assert config["config"].pop("precision") == "float32"
-                data = json.dumps(config).encode()
-            dst.writestr(item, data)
+    assert _without_config_key(path, old, "precision") == "float32"
     loaded = keras.saving.load_model(str(old))
     assert loaded.precision == "float32" and loaded.get_config()["precision"] == "float32"
     np.testing.assert_array_equal(loaded(y).numpy(), net(y).numpy())
@@ -227,14 +236,7 @@ def test_file_without_init_loads_with_its_weights(tmp_path):
     path = tmp_path / "new.keras"
     net.save(str(path))
     old = tmp_path / "old.keras"
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(old, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "config.json":
-                config = json.loads(data)
-                config["config"].pop("init")
-                data = json.dumps(config).encode()
-            dst.writestr(item, data)
+    _without_config_key(path, old, "init")
     loaded = keras.saving.load_model(str(old))
     assert loaded.init == models.residual_cnn.DEFAULT_INIT
     for a, b in zip(loaded.get_weights(), net.get_weights()):
