@@ -193,12 +193,13 @@ class SEIModel(keras.Model):
         weights = self.backbone.trainable_variables
         grads = tape.gradient(scaled_loss, weights + state)
         self.optimizer.apply(grads[:len(weights)], weights)
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
-        state_grads = [g / scale for g in grads[len(weights):]]
-        for term in ascending:  # one ascent step each, after the network's descent step
-            n = len(term.ascent_variables)
-            term.ascend(state_grads[:n])
-            state_grads = state_grads[n:]
+        if ascending:
+            scale = self.optimizer.scale_loss(tf.constant(1.0))
+            state_grads = [g / scale for g in grads[len(weights):]]
+            for term in ascending:  # one ascent step each, after the network's descent step
+                n = len(term.ascent_variables)
+                term.ascend(state_grads[:n])
+                state_grads = state_grads[n:]
         return self._update(terms, per_example)
 
     def test_step(self, data):
