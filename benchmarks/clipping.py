@@ -41,6 +41,7 @@ import quality  # noqa: E402  (defines the protocol's flags: --steps, --precisio
 
 from benchmarks.machine import cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
+FLAGS.set_default("dihedral", False)  # the protocol of its committed results
 TASK_KEYS = ("sr_x2", "gaussian_2")
 METHOD = "sei"
 VARIANTS = {

@@ -48,7 +48,7 @@ FLAGS = flags.FLAGS
 # Validation images: four of the quality benchmark's 15 training photographs (two
 # scikit-image, two mate-backgrounds), fixed before any run. The stereo pair
 # motorcycle_left/right stays together in training.
-VAL_NAMES = ("chelsea", "rocket", "Garden", "Wood")
+VAL_NAMES = quality.VALIDATION_NAMES
 REFERENCE_INIT = "glorot_uniform"  # the "delta" column is against this one (the former default)
 
 
@@ -56,8 +56,9 @@ def define_flags():
     from sei_tf.models import residual_cnn
 
     flags.DEFINE_list("inits", list(residual_cnn.INITS), "Initialisations (keys of ResidualCNN's INITS).")
-    flags.DEFINE_list("seeds", ["0"], "Seeds to run (each: weights, crops, noise draws).")
+    FLAGS.set_default("seeds", ["0"])
     FLAGS.set_default("tasks", ["sr_x2", "gaussian_2"])
+    FLAGS.set_default("dihedral", False)  # the protocol of results/init_choice.md
     FLAGS.set_default("methods", ["sei", "supervised"])
 
 
@@ -89,11 +90,7 @@ def cell_dir_of(cfg, cache_dir):
 def training_sources():
     """The quality benchmark's photographs without its test images (never read here)."""
     sources, test = quality.default_sources(FLAGS.cache_dir)
-    stems = {os.path.splitext(os.path.basename(f))[0]: f for f in sources}
-    missing = set(VAL_NAMES) - set(stems)
-    if missing or set(VAL_NAMES) & set(test):
-        raise app.UsageError(f"VAL_NAMES must be training photographs of the quality benchmark: {missing}")
-    return [f for s, f in stems.items() if s not in test]
+    return quality.validation_sources(sources, test)[0]
 
 
 # ------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ flags.DEFINE_list("levels", list(LEVELS), f"Photon levels, among {', '.join(LEVE
 flags.DEFINE_list("noise_tasks", list(TASK_KEYS), f"Tasks, among {', '.join(TASK_KEYS)}.")
 # This benchmark's CPU budget (the quality benchmark's flags, other defaults).
 FLAGS.set_default("shorter_side", 128)
+FLAGS.set_default("dihedral", False)  # the protocol of its committed results
 FLAGS.set_default("steps", 200)
 FLAGS.set_default("num_blocks", 4)
 FLAGS.set_default("patch_size", 32)

@@ -67,8 +67,11 @@ TEST_NAMES = ("astronaut", "coffee", "Blinds", "GreenMeadow", "Storm", "YellowFl
 # label. The dicts are hashed as they are into the simulated data's cache folder name.
 TASKS = {
     "sr_x2": {"task": "sr", "factor": 2, "label": "SR x2"},
+    "sr_x3": {"task": "sr", "factor": 3, "label": "SR x3"},
     "sr_x4": {"task": "sr", "factor": 4, "label": "SR x4"},
+    "gaussian_1": {"task": "deblur", "kernel": "gaussian:1", "label": "Gaussian blur s=1"},
     "gaussian_2": {"task": "deblur", "kernel": "gaussian:2", "label": "Gaussian blur s=2"},
+    "gaussian_3": {"task": "deblur", "kernel": "gaussian:3", "label": "Gaussian blur s=3"},
     "box_3": {"task": "deblur", "kernel": "box:3", "label": "Box blur r=3"},
 }
 NOISE_SIGMA = 5.0
@@ -76,19 +79,18 @@ NOISE_SIGMA = 5.0
 CNN_INIT_BEFORE_OPTION = "glorot_uniform"
 # Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
 # cell files and the rows of the results, so they stay as they were.
-METHODS = {"supervised": "supervised", "css": "css", "sure": "sure", "ei_shift": "ei_shift",
-           "ei_rotate": "ei_rotate", "sei": "sei", "sei_nostop": "sei_no_stop_gradient"}
+METHODS = {"supervised": "supervised", "supervised_aug": "supervised_scale", "css": "css", "sure": "sure",
+           "ei_shift": "ei_shift", "ei_rotate": "ei_rotate", "sei": "sei", "sei_nostop": "sei_no_stop_gradient"}
 ALL_METHODS = tuple(METHODS)
-METHODS_PER_TASK = {
-    "sr_x2": ALL_METHODS, "gaussian_2": ALL_METHODS,
-    "sr_x4": ("supervised", "sure", "sei"), "box_3": ("supervised", "sure", "sei"),
-}
+CORE_METHODS = ("supervised", "supervised_aug", "sure", "sei")
+METHODS_PER_TASK = {t: ALL_METHODS if t in ("sr_x2", "gaussian_2") else CORE_METHODS for t in TASKS}
+# Training photographs held out to choose learning rates (--split validation); the same as init_choice.py's.
+VALIDATION_NAMES = ("chelsea", "rocket", "Garden", "Wood")
 # Order in which cells run: the most informative first.
 PRIORITY = (
-    [("sr_x2", m) for m in ("supervised", "sei", "sure")]
-    + [("gaussian_2", m) for m in ("supervised", "sei", "sure")]
-    + [(t, m) for t in ("sr_x2", "gaussian_2") for m in ("sei_nostop", "ei_shift", "css", "ei_rotate")]
-    + [(t, m) for t in ("sr_x4", "box_3") for m in ("supervised", "sei", "sure")]
+    [(t, m) for t in ("sr_x2", "gaussian_2") for m in ("supervised", "supervised_aug", "sei", "sure")]
+    + [(t, m) for t in ("sr_x2", "gaussian_2") for m in ("ei_rotate", "css", "ei_shift", "sei_nostop")]
+    + [(t, m) for t in ("sr_x4", "sr_x3", "gaussian_1", "gaussian_3", "box_3") for m in CORE_METHODS]
 )
 DEFAULT_DATA_LABEL = ("the default real photographs (scikit-image colour photographs + mate-backgrounds "
                       "nature photographs)")
@@ -127,12 +129,26 @@ flags.DEFINE_float("lr_deblur", None, "Adam learning rate for deblurring (cpu 5e
 flags.DEFINE_integer("eval_every", None, "Evaluate test PSNR (learning curve) and checkpoint every N "
                      "steps (default steps/10).")
 flags.DEFINE_integer("seed", 0, "Seed of weights, crops, noise and transforms (same for all methods).")
+flags.DEFINE_list("seeds", None, "Seeds of the training runs (weights, crops, noise draws), one cell set each "
+                  "(default: --seed). The measurements are simulated with --seed for all of them, so every seed "
+                  "trains and scores on the same data. Several seeds: a report per seed in <results_dir>/seed<N>/, "
+                  "and the summary over seeds (quality_summary.py) in --results_dir.")
+flags.DEFINE_enum("split", "test", ["test", "validation"],
+                  "test: train on the training photographs, score the test photographs. validation: train on "
+                  "the training photographs less VALIDATION_NAMES and score those (to choose learning rates); "
+                  "the test photographs are never read.")
+flags.DEFINE_boolean("dihedral", True, "Rotate training crops by multiples of 90 degrees and flip them (every "
+                     "method; checked to commute with each task's physics).")
+flags.DEFINE_string("learning_rates", None, "JSON file of learning rates per method and task family "
+                    "({method: {\"sr\": lr, \"deblur\": lr}}, written by select_learning_rates.py); methods not in "
+                    "it use --lr_sr / --lr_deblur.")
 flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "float16"],
                   "Type the backbone computes in (sei_tf.precision; auto: bfloat16 where the hardware runs it "
                   "fast, which matched float32 within 0.04 dB: results/bfloat16/). float32 cells keep their "
                   "cache keys.")
 flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables and figures go.")
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default, all cores).")
 flags.DEFINE_boolean("report_only", False, "Only regenerate tables and figures from finished cells.")
 flags.DEFINE_boolean("rerun", False, "Retrain the selected cells even when they are finished.")
 
@@ -189,6 +205,13 @@ def resolve_config():
     }
     if cfg["steps"] is None and cfg["epochs"] is None:
         cfg["steps"] = 1000
+    # Options added later enter the configuration only when set, so older configurations keep their keys.
+    if FLAGS.dihedral:
+        cfg["dihedral"] = True
+    if FLAGS.split != "test":
+        cfg["split"] = FLAGS.split
+    if FLAGS.learning_rates:
+        cfg["learning_rates"] = load_learning_rates(FLAGS.learning_rates)
     from sei_tf import precision
 
     compute_type, why = precision.resolve(FLAGS.precision)
@@ -196,6 +219,29 @@ def resolve_config():
     if compute_type != "float32":  # float32 configurations keep the keys of their cached cells
         cfg["precision"] = compute_type
     return cfg
+
+
+def load_learning_rates(path):
+    """{method: {"sr": lr, "deblur": lr}} from a JSON file (select_learning_rates.py writes it)."""
+    try:
+        table = json.load(open(path))
+    except (OSError, ValueError) as e:
+        raise app.UsageError(f"--learning_rates {path}: {e}")
+    table = table.get("learning_rates", table)
+    bad = [m for m, v in table.items() if m not in METHODS or set(v) - {"sr", "deblur"}]
+    if bad:
+        raise app.UsageError(f"--learning_rates {path}: unknown methods or task families in {bad}.")
+    return {m: {k: float(x) for k, x in v.items()} for m, v in table.items()}
+
+
+def learning_rate(cfg, method, upscale):
+    """The Adam learning rate of a method: its chosen one (cfg["learning_rates"]) or the task family's default."""
+    family = "sr" if upscale > 1 else "deblur"
+    return cfg.get("learning_rates", {}).get(method, {}).get(family, cfg["lr_sr"] if upscale > 1 else cfg["lr_deblur"])
+
+
+def seed_config(cfg, seed):
+    return {**cfg, "seed": int(seed)}
 
 
 def cell_steps(cfg, num_train):
@@ -212,7 +258,9 @@ def cell_set_key(cfg, sources, test, gt_dir=None):
     """(data key, cell-set key): the cached cells of a configuration live in cells/<cell-set key>/."""
     data_key = short_hash({"sources": sorted(os.path.basename(f) for f in sources), "test": sorted(test),
                            "gt_dir": os.path.abspath(gt_dir) if gt_dir else None})
-    return data_key, f"{cfg['preset']}-{short_hash({'cfg': cfg, 'data': data_key})}"
+    # Learning rates are recorded per cell (a cell trained at another rate is rerun), not in the key.
+    keyed = {k: v for k, v in cfg.items() if k != "learning_rates"}
+    return data_key, f"{cfg['preset']}-{short_hash({'cfg': keyed, 'data': data_key})}"
 
 
 # ------------------------------------------------------------------------------------
@@ -246,6 +294,15 @@ def default_sources(cache_dir):
             os.symlink(os.path.join(MATE_DIR, n + ".jpg"), link)
         files.append(link)
     return files, set(TEST_NAMES)
+
+
+def validation_sources(sources, test):
+    """(sources, validation names): the training photographs only, VALIDATION_NAMES held out from them."""
+    stems = {os.path.splitext(os.path.basename(f))[0]: f for f in sources}
+    missing = set(VALIDATION_NAMES) - set(stems)
+    if missing or set(VALIDATION_NAMES) & set(test):
+        raise app.UsageError(f"VALIDATION_NAMES must be training photographs of the benchmark: {sorted(missing)}")
+    return [f for s, f in stems.items() if s not in test], set(VALIDATION_NAMES)
 
 
 def user_sources(gt_dir, test_names):
@@ -433,7 +490,7 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
     import keras
     import numpy as np
 
-    from sei_tf import data, evaluate, objectives, sei_model
+    from sei_tf import data, evaluate, objectives, sei_model, transforms
 
     name = f"{task_key}__{method}"
     ckpt = os.path.join(cell_dir, name + ".partial")
@@ -449,17 +506,21 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
         logging.info("%s: resuming at step %d/%d", name, state["step"], steps)
     upscale = model.physics.upscale
     patch = cfg["patch_size_x4"] if upscale == 4 else cfg["patch_size"]
-    lr = cfg["lr_sr"] if upscale > 1 else cfg["lr_deblur"]
+    lr = learning_rate(cfg, method, upscale)
     model.physics.check_measurement_size(patch, patch, f"{name}: the training patch")
+    dihedral = bool(cfg.get("dihedral"))
+    if dihedral and not transforms.commutes_with_dihedral(model.physics):
+        raise RuntimeError(f"{name}: {model.physics.describe()} does not commute with rotations and flips; "
+                           "run with --nodihedral.")
     if resumed is None:
         model.compile(optimizer=keras.optimizers.Adam(sei_model.DelayedLinearDecay(lr, steps),
                                                       beta_1=0.9, beta_2=0.999))
     if objectives.needs_ground_truth(model.objective):
         ds = data.paired_patch_dataset(td["train_y"], td["train_x"], patch, cfg["batch_size"], 3,
-                                       factor=upscale, seed=cfg["seed"])
+                                       factor=upscale, seed=cfg["seed"], dihedral=dihedral)
     else:
         ds = data.measurement_dataset(td["train_y"], patch, cfg["batch_size"], 3, seed=cfg["seed"],
-                                      factor=upscale)
+                                      factor=upscale, dihedral=dihedral)
 
     def curve_point():
         t = time.time()
@@ -507,12 +568,23 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
 # Cached cells and the report
 # ------------------------------------------------------------------------------------
 
-def load_cells(cell_dir):
-    """Finished cells: {(task, method): result dict}."""
+def is_stale(result, cfg):
+    """True for a finished cell trained at another learning rate than the one `cfg` now gives its method."""
+    if result["method"] == "baseline" or "learning_rate" not in result:
+        return False
+    upscale = TASKS[result["task"]].get("factor", 1)
+    return abs(result["learning_rate"] - learning_rate(cfg, result["method"], upscale)) > 1e-12
+
+
+def load_cells(cell_dir, cfg=None):
+    """Finished cells: {(task, method): result dict}; with `cfg`, without those `is_stale` for it."""
     cells = {}
     for path in glob.glob(os.path.join(cell_dir, "*__*.json")):
+        if path.endswith(".stale.json"):
+            continue
         r = json.load(open(path))
-        cells[(r["task"], r["method"])] = r
+        if cfg is None or not is_stale(r, cfg):
+            cells[(r["task"], r["method"])] = r
     return cells
 
 
@@ -543,7 +615,7 @@ def report(cfg, tasks, cell_dir, data_dirs, results_dir, cell_key):
         return np.load(p) if os.path.isfile(p) else None
 
     quality_report.write_report(
-        results_dir, load_cells(cell_dir), load_partial(cell_dir), cfg, {t: task_info(t) for t in tasks},
+        results_dir, load_cells(cell_dir, cfg), load_partial(cell_dir), cfg, {t: task_info(t) for t in tasks},
         cell_key, FLAGS.ground_truth_dir or DEFAULT_DATA_LABEL, data_dirs, predictions)
     logging.info("Report written to %s", results_dir)
 
@@ -556,6 +628,41 @@ def method_key(name):
     return name if name in METHODS else by_preset.get(name, name)
 
 
+def run_seed(cfg, sources, test, data_cfg, tasks, methods, results_dir):
+    """Trains (or loads) the cells of one seed and writes their report; returns the cell folder."""
+    data_key, cell_key = cell_set_key(cfg, sources, test, FLAGS.ground_truth_dir)
+    cell_dir = os.path.join(FLAGS.cache_dir, "cells", cell_key)
+    os.makedirs(cell_dir, exist_ok=True)
+    _write_json(os.path.join(cell_dir, "config.json"), {"config": cfg, "data": data_key})
+    logging.info("Seed %d: cells in %s (config %s)", cfg["seed"], cell_dir, json.dumps(cfg, sort_keys=True))
+
+    # The report covers the selected tasks and every task with a finished cell.
+    report_tasks = [t for t in TASKS if t in tasks or any(k[0] == t for k in load_cells(cell_dir))]
+    data_dirs = {t: prepare_task(t, sources, test, data_cfg, FLAGS.cache_dir) for t in report_tasks}
+    for t in report_tasks:
+        baseline_cell(t, data_dirs[t], cfg, cell_dir)
+
+    todo = [c for c in PRIORITY if c[0] in tasks and c[1] in methods]
+    todo += [(t, m) for t in tasks for m in METHODS_PER_TASK[t] if m in methods and (t, m) not in todo]
+    if not FLAGS.report_only:
+        for t, m in todo:
+            path = os.path.join(cell_dir, f"{t}__{m}.json")
+            done = os.path.isfile(path)
+            if done and not FLAGS.rerun and not is_stale(json.load(open(path)), cfg):
+                logging.info("%s / %s / seed %d: finished earlier, kept", t, m, cfg["seed"])
+                continue
+            if done:  # rerun, or trained at another learning rate: kept aside, not overwritten
+                stale = json.load(open(path))
+                os.replace(path, f"{path[:-len('.json')]}.lr{stale.get('learning_rate')}.stale.json")
+                shutil.rmtree(os.path.join(cell_dir, f"{t}__{m}.partial"), ignore_errors=True)
+            r = train_cell(t, m, data_dirs[t], cfg, cell_dir)
+            logging.info("%s / %s / seed %d: PSNR %.2f ± %.2f dB, SSIM %.4f (%.1f min)", t, m, cfg["seed"],
+                         r["psnr_mean"], r["psnr_std"], r["ssim_mean"], r["train_minutes"])
+            report(cfg, report_tasks, cell_dir, data_dirs, results_dir, cell_key)
+    report(cfg, report_tasks, cell_dir, data_dirs, results_dir, cell_key)
+    return cell_dir
+
+
 def main(argv):
     del argv
     methods = [method_key(m) for m in FLAGS.methods]
@@ -563,6 +670,10 @@ def main(argv):
     bad = [m for m in methods if m not in METHODS]
     if unknown or bad:
         raise app.UsageError(f"Unknown tasks {unknown} or methods {bad}.")
+    if FLAGS.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
     cfg = resolve_config()
     os.makedirs(FLAGS.cache_dir, exist_ok=True)
     try:
@@ -573,34 +684,24 @@ def main(argv):
     except MissingData as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    data_key, cell_key = cell_set_key(cfg, sources, test, FLAGS.ground_truth_dir)
-    cell_dir = os.path.join(FLAGS.cache_dir, "cells", cell_key)
-    os.makedirs(cell_dir, exist_ok=True)
-    _write_json(os.path.join(cell_dir, "config.json"), {"config": cfg, "data": data_key})
-    logging.info("Cells in %s (config %s)", cell_dir, json.dumps(cfg, sort_keys=True))
-
+    if FLAGS.split == "validation":
+        sources, test = validation_sources(sources, test)
+    seeds = [int(s) for s in (FLAGS.seeds or [FLAGS.seed])]
     tasks = [t for t in TASKS if t in FLAGS.tasks]
-    # The report covers the selected tasks and every task with a finished cell.
-    report_tasks = [t for t in TASKS if t in tasks or any(k[0] == t for k in load_cells(cell_dir))]
-    data_dirs = {t: prepare_task(t, sources, test, cfg, FLAGS.cache_dir) for t in report_tasks}
-    for t in report_tasks:
-        baseline_cell(t, data_dirs[t], cfg, cell_dir)
+    data_cfg = cfg  # one simulation of the measurements (seed --seed) for every seed
+    if len(seeds) == 1:
+        run_seed(seed_config(cfg, seeds[0]), sources, test, data_cfg, tasks, methods, FLAGS.results_dir)
+        return 0
+    cell_dirs = {}
+    for seed in seeds:
+        cell_dirs[seed] = run_seed(seed_config(cfg, seed), sources, test, data_cfg, tasks, methods,
+                                   os.path.join(FLAGS.results_dir, f"seed{seed}"))
+    import quality_summary
 
-    todo = [c for c in PRIORITY if c[0] in tasks and c[1] in methods]
-    todo += [(t, m) for t in tasks for m in METHODS_PER_TASK[t] if m in methods and (t, m) not in todo]
-    if not FLAGS.report_only:
-        for t, m in todo:
-            done = os.path.isfile(os.path.join(cell_dir, f"{t}__{m}.json"))
-            if done and not FLAGS.rerun:
-                logging.info("%s / %s: finished earlier, kept", t, m)
-                continue
-            if done:
-                shutil.rmtree(os.path.join(cell_dir, f"{t}__{m}.partial"), ignore_errors=True)
-            r = train_cell(t, m, data_dirs[t], cfg, cell_dir)
-            logging.info("%s / %s: PSNR %.2f ± %.2f dB, SSIM %.4f (%.1f min)", t, m, r["psnr_mean"],
-                         r["psnr_std"], r["ssim_mean"], r["train_minutes"])
-            report(cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
-    report(cfg, report_tasks, cell_dir, data_dirs, FLAGS.results_dir, cell_key)
+    summary_tasks = [t for t in TASKS if any(k[0] == t for d in cell_dirs.values() for k in load_cells(d))]
+    quality_summary.write_summary(
+        FLAGS.results_dir, {s: load_cells(d, seed_config(cfg, s)) for s, d in cell_dirs.items()}, cfg,
+        {t: task_info(t) for t in summary_tasks}, FLAGS.ground_truth_dir or DEFAULT_DATA_LABEL)
     return 0
 
 

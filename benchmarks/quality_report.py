@@ -23,7 +23,7 @@ learning_curves.png, visual.png, spectra.png.
 import json
 import os
 
-METHOD_LABELS = {"supervised": "Supervised", "css": "CSS", "sure": "SURE", "ei_shift": "EI (shift)",
+METHOD_LABELS = {"supervised": "Supervised", "supervised_aug": "Supervised + SEI's augmentation", "css": "CSS", "sure": "SURE", "ei_shift": "EI (shift)",
                  "ei_rotate": "EI (rotate)", "sei": "SEI", "sei_nostop": "SEI, no stop-gradient",
                  "baseline": "Non-learned baseline"}
 # Methods that learn from measurements alone (the bar "SEI best self-supervised" compares them).
@@ -38,7 +38,7 @@ PAPER_PSNR = {
 GAP_BARS = {"sr_x2": 0.3, "sr_x4": 0.5, "gaussian_2": 1.5}
 VISUAL_NAME = "astronaut"  # the test image shown in visual.png (centre crop)
 SPECTRA_TASKS = ("sr_x2", "gaussian_2")  # the tasks of spectra.png (else the first one shown)
-COLORS = {"supervised": "k", "css": "tab:purple", "sure": "tab:orange", "ei_shift": "tab:olive",
+COLORS = {"supervised": "k", "supervised_aug": "tab:gray", "css": "tab:purple", "sure": "tab:orange", "ei_shift": "tab:olive",
           "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink"}
 
 

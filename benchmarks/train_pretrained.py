@@ -51,6 +51,7 @@ MODELS = {
 
 from benchmarks.machine import cpu_model  # noqa: E402
 FLAGS = flags.FLAGS
+FLAGS.set_default("dihedral", False)  # the protocol of its committed results
 flags.DEFINE_list("models", list(MODELS), f"Models to train, among {', '.join(MODELS)}.")
 flags.DEFINE_integer("checkpoint_every", 100, "Steps between resumable checkpoints.")
 flags.DEFINE_string("ship_dir", os.path.join(ROOT, "sei_tf", "pretrained"),

@@ -20,7 +20,8 @@ import keras
 from sei_tf import losses, transforms, unsure
 from sei_tf.errors import SeiTfError
 
-PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_rotate", "css", "supervised")
+PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_rotate", "css", "supervised",
+           "supervised_scale")
 
 
 def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0.5), scale_kind="padded",
@@ -35,7 +36,10 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0
     - "sure": SURE alone;
     - "ei_shift", "ei_rotate": SURE + alpha * equivariance to shifts / rotations;
     - "css": the measurement as target of its own re-degraded copy;
-    - "supervised": MSE against ground truth.
+    - "supervised": MSE against ground truth;
+    - "supervised_scale": MSE against ground truth, plus the same on measurements
+      simulated from ground truth rescaled by SEI's transform
+      (`losses.SimulatedSupervised`): supervised learning with the augmentation SEI sees.
     `stop_gradient=False` turns any equivariance term into its ablation; `upscale` is
     the physics' upscale (the "resize" scale transform keeps sizes multiples of it).
     """
@@ -43,6 +47,9 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0
         raise SeiTfError(f"Unknown method {name!r}; choose one of {', '.join(PRESETS)}.")
     if name == "supervised":
         return [losses.Supervised()]
+    if name == "supervised_scale":
+        transform = transforms.Scale(scale_factors, kind=scale_kind, multiple=upscale)
+        return [losses.Supervised(), losses.SimulatedSupervised(transform, weight=alpha)]
     if name == "css":
         return [losses.CSS()]
     sure = unsure.UNSURE(tau=tau) if name == "sei_unsure" else losses.SURE(tau=tau)

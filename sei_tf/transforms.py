@@ -138,3 +138,30 @@ class Rotate:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def dihedral(x, d):
+    """Element `d` (0-7, an int or int32 tensor) of the dihedral group of the square.
+
+    Rotates `x` (HWC or NHWC) by `d % 4` quarter turns, then flips it left-right when d >= 4.
+    """
+    x = tf.image.rot90(x, d % 4)
+    return tf.cond(tf.convert_to_tensor(d) >= 4, lambda: tf.image.flip_left_right(x), lambda: x)
+
+
+def commutes_with_dihedral(physics, size=None, atol=1e-4):
+    """True when A(D x) = D(A x) for the 8 rotations/flips D (checked on a random image).
+
+    Training data may then be rotated and flipped (`dihedral=` of the datasets):
+    an augmented measurement is a valid measurement of the augmented image. SR
+    (bicubic, on sizes that are multiples of the factor) and symmetric blurs
+    commute; a motion blur does not. `size`: side of the test image in signal
+    pixels (default: 16 times the upscale factor, enlarged to fit the kernel).
+    """
+    u = physics.upscale
+    n = size or max(16 * u, 4 * physics.margin + 8)
+    n = n // u * u
+    x = tf.random.stateless_uniform([1, n, n, 1], seed=[1, 2])
+    y = physics.A(x)
+    return all(float(tf.reduce_max(tf.abs(physics.A(dihedral(x, d)) - dihedral(y, d)))) <= atol
+               for d in range(8))

@@ -14,6 +14,8 @@ folder and extension).
 import numpy as np
 import tensorflow as tf
 
+from sei_tf import transforms
+
 from sei_tf.data.files import (GROUND_TRUTH_DIR, MEASUREMENTS_DIR, DataError, _check_channels, _stem,
                                list_images, load_images, read_image)
 
@@ -62,6 +64,18 @@ def _crop_origin(k, seed, max_row, max_col):
     return row, col
 
 
+def _dihedral(patches, k, seed):
+    """The same random element of the dihedral group (`transforms.dihedral`) applied to each of `patches`.
+
+    The element (one of 8) of crop `k` is drawn from the stateless seed (seed, k)
+    folded with 1, so it does not change the crop's origin. Patches are square, so
+    shapes are kept.
+    """
+    key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), k]), 1)
+    d = tf.random.stateless_uniform([], seed=key, minval=0, maxval=8, dtype=tf.int32)
+    return [transforms.dihedral(p, d) for p in patches]
+
+
 def _image_at(flat, offsets, heights, widths, channels, i):
     h, w = heights[i], widths[i]
     start = offsets[i]
@@ -77,7 +91,7 @@ def _check_batches(num_images, crops_per_image, batch_size, repeat):
 
 
 def measurement_dataset(files, patch_size, batch_size, channels, seed=0, factor=1, shuffle=True,
-                        repeat=True, crops_per_image=1, dicom_window=None):
+                        repeat=True, crops_per_image=1, dicom_window=None, dihedral=False):
     """Batches of random square crops of measurements, for self-supervised training.
 
     Images are decoded once into memory. One pass visits every image
@@ -99,6 +113,10 @@ def measurement_dataset(files, patch_size, batch_size, channels, seed=0, factor=
       repeat: repeat forever (use `steps_per_epoch` in `fit`); otherwise one pass.
       crops_per_image: crops per image per pass.
       dicom_window: see `read_image`.
+      dihedral: rotate each crop by a random multiple of 90 degrees and flip it
+        with probability 1/2 (data augmentation). Only valid when the physics
+        commutes with these (`transforms.commutes_with_dihedral`): symmetric blur
+        kernels and SR do, a motion blur does not.
 
     Returns:
       A `tf.data.Dataset` of float32 tensors of shape (batch_size, p, p, channels).
@@ -127,8 +145,8 @@ def measurement_dataset(files, patch_size, batch_size, channels, seed=0, factor=
     def crop(k, i):
         img, h, w = _image_at(flat, offsets, heights, widths, c, i)
         row, col = _crop_origin(k, seed, h - p, w - p)
-        patch = img[row:row + p, col:col + p]
-        return tf.ensure_shape(patch, [p, p, c])
+        patch = tf.ensure_shape(img[row:row + p, col:col + p], [p, p, c])
+        return _dihedral([patch], k, seed)[0] if dihedral else patch
 
     ds = _index_dataset(len(images), crops_per_image, seed, shuffle, repeat).enumerate()
     ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -227,12 +245,13 @@ def paired_dataset(measurement_files, ground_truth_files, channels, factor=1, di
 
 def paired_patch_dataset(measurement_files, ground_truth_files, patch_size, batch_size, channels,
                          factor=1, seed=0, shuffle=True, repeat=True, crops_per_image=1,
-                         dicom_window=None):
+                         dicom_window=None, dihedral=False):
     """Batches of aligned random crops (y patch, x patch) for supervised training.
 
     The measurement crop is `patch_size` measurement pixels at (row, col); the
     ground-truth crop is `patch_size * factor` pixels at (row * factor, col * factor).
-    Seeding, shuffling and batching as in `measurement_dataset`.
+    Seeding, shuffling, batching and `dihedral` (the same rotation and flip of
+    both crops) as in `measurement_dataset`.
 
     Returns:
       A `tf.data.Dataset` of tuples (y, x) of shapes (B, p, p, C) and
@@ -257,8 +276,8 @@ def paired_patch_dataset(measurement_files, ground_truth_files, patch_size, batc
         x, _, _ = _image_at(xflat, xoff, yh * f, yw * f, c, i)
         row, col = _crop_origin(k, seed, h - p, w - p)
         yp = tf.ensure_shape(y[row:row + p, col:col + p], [p, p, c])
-        xp = x[row * f:(row + p) * f, col * f:(col + p) * f]
-        return yp, tf.ensure_shape(xp, [p * f, p * f, c])
+        xp = tf.ensure_shape(x[row * f:(row + p) * f, col * f:(col + p) * f], [p * f, p * f, c])
+        return tuple(_dihedral([yp, xp], k, seed)) if dihedral else (yp, xp)
 
     ds = _index_dataset(len(ys), crops_per_image, seed, shuffle, repeat).enumerate()
     ds = ds.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
