@@ -137,6 +137,8 @@ flags.DEFINE_enum("split", "test", ["test", "validation"],
                   "test: train on the training photographs, score the test photographs. validation: train on "
                   "the training photographs less VALIDATION_NAMES and score those (to choose learning rates); "
                   "the test photographs are never read.")
+flags.DEFINE_list("validation_names", None, "Validation images (file stems) for --split validation (default: "
+                  f"{', '.join(VALIDATION_NAMES)}).")
 flags.DEFINE_boolean("dihedral", True, "Rotate training crops by multiples of 90 degrees and flip them (every "
                      "method; checked to commute with each task's physics).")
 flags.DEFINE_string("learning_rates", None, "JSON file of learning rates per method and task family "
@@ -296,13 +298,15 @@ def default_sources(cache_dir):
     return files, set(TEST_NAMES)
 
 
-def validation_sources(sources, test):
-    """(sources, validation names): the training photographs only, VALIDATION_NAMES held out from them."""
+def validation_sources(sources, test, names=VALIDATION_NAMES):
+    """(sources, validation names): the training photographs only, `names` held out from them."""
     stems = {os.path.splitext(os.path.basename(f))[0]: f for f in sources}
-    missing = set(VALIDATION_NAMES) - set(stems)
-    if missing or set(VALIDATION_NAMES) & set(test):
-        raise app.UsageError(f"VALIDATION_NAMES must be training photographs of the benchmark: {sorted(missing)}")
-    return [f for s, f in stems.items() if s not in test], set(VALIDATION_NAMES)
+    missing = set(names) - set(stems)
+    if missing or set(names) & set(test):
+        raise app.UsageError(f"Validation images must be training photographs: {', '.join(sorted(missing)) or ''}"
+                             f"{' missing' if missing else ''} {', '.join(sorted(set(names) & set(test)))}"
+                             f"{' are test images' if set(names) & set(test) else ''}")
+    return [f for s, f in stems.items() if s not in test], set(names)
 
 
 def user_sources(gt_dir, test_names):
@@ -685,7 +689,7 @@ def main(argv):
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
     if FLAGS.split == "validation":
-        sources, test = validation_sources(sources, test)
+        sources, test = validation_sources(sources, test, FLAGS.validation_names or VALIDATION_NAMES)
     seeds = [int(s) for s in (FLAGS.seeds or [FLAGS.seed])]
     tasks = [t for t in TASKS if t in FLAGS.tasks]
     data_cfg = cfg  # one simulation of the measurements (seed --seed) for every seed

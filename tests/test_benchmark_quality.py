@@ -14,7 +14,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 OUTPUTS = ("quality.md", "quality.csv", "quality.json", "learning_curves.png", "visual.png", "spectra.png")
 # Committed results folders written by quality.py.
-COMMITTED = (os.path.join(BENCHMARKS, "results"), os.path.join(BENCHMARKS, "results", "supervised_3x"))
+# The single-seed tables (before issue 14) and the supervised-3x-budget run.
+COMMITTED = (os.path.join(BENCHMARKS, "results", "quality_2026-11-27_single_seed"),
+             os.path.join(BENCHMARKS, "results", "supervised_3x"))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +202,9 @@ def test_tasks_are_physics_and_methods_are_presets(quality):
     from sei_tf import losses, objectives, physics
 
     ops = {t: quality.make_physics(t) for t in quality.TASKS}
-    assert {t: op.upscale for t, op in ops.items()} == {"sr_x2": 2, "sr_x4": 4, "gaussian_2": 1, "box_3": 1}
+    assert {t: op.upscale for t, op in ops.items()} == {"sr_x2": 2, "sr_x3": 3, "sr_x4": 4, "gaussian_1": 1,
+                                                        "gaussian_2": 1, "gaussian_3": 1, "box_3": 1}
+    assert not ops["gaussian_3"].differences(physics.Blur("gaussian:3", noise_sigma=5.0))
     assert all(op.noise_sigma == quality.NOISE_SIGMA for op in ops.values())
     assert not ops["sr_x2"].differences(physics.SuperResolution(2, noise_sigma=5.0))
     assert not ops["box_3"].differences(physics.Blur("box:3", noise_sigma=5.0))
@@ -228,7 +232,7 @@ def test_cell_set_key_of_the_committed_results(quality):
     flags.unparse_flags()
     configs = {}
     for init in ("glorot_uniform", "torch"):
-        flags(["quality.py", "--precision=float32", f"--cnn_init={init}"])
+        flags(["quality.py", "--precision=float32", f"--cnn_init={init}", "--nodihedral"])
         try:
             configs[init] = quality.resolve_config()
         finally:
@@ -243,12 +247,14 @@ def test_cell_set_key_of_the_committed_results(quality):
     assert quality.build_model("sr_x2", "sei", configs["torch"]).backbone.init == "torch"
 
 
-@pytest.mark.parametrize("folder", COMMITTED, ids=["results", "supervised_3x"])
+@pytest.mark.parametrize("folder", COMMITTED, ids=["single_seed", "supervised_3x"])
 def test_report_reproduces_committed_tables(quality, quality_report, folder, tmp_path):
     """Regenerating the tables from the committed cells gives the committed files, byte for byte."""
     committed = json.load(open(os.path.join(folder, "quality.json")))
     cells = {(c["task"], c["method"]): c for c in committed["cells"]}
     tasks = {t: quality.task_info(t) for t in quality.TASKS if any(k[0] == t for k in cells)}
+    for info in tasks.values():  # the method list of these tables: before the supervised_aug row existed
+        info["methods"] = tuple(m for m in info["methods"] if m != "supervised_aug")
     quality_report.write_report(str(tmp_path), cells, {}, committed["config"], tasks, committed["cell_set"],
                                 quality.DEFAULT_DATA_LABEL, {}, lambda task, method: None)
     for name in ("quality.md", "quality.csv", "quality.json"):
@@ -282,3 +288,69 @@ def test_report_marks_unfinished_and_missing_cells(quality_report, tmp_path):
     # SEI below SURE here: the bar says so, and that CSS has not run.
     assert "| Task T: SEI best self-supervised | NOT met (so far) | SEI 30.50 dB vs best other SURE 31.00 dB" in md
     assert "SEI minus it" in md and "-0.50 ± 0.00 (SEI higher on 0/2)" in md
+
+
+def test_seeds_split_and_learning_rates(quality, tiny_photos, tmp_path):
+    """Two seeds (one report each plus the summary), a learning rate per method, the validation split."""
+    lrs = tmp_path / "lrs.json"
+    lrs.write_text(json.dumps({"learning_rates": {"supervised_aug": {"sr": 0.002, "deblur": 0.003}}}))
+    args = [f"--ground_truth_dir={tiny_photos}", *TINY, "--tasks=sr_x2", "--methods=supervised_aug,sei",
+            "--seeds=0,1", f"--learning_rates={lrs}"]
+    _run(quality, args, tmp_path)
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        _check_outputs(results / f"seed{seed}")
+    summary = json.load(open(results / "quality.json"))
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["sei"]["seeds"] == [0, 1] and rows["supervised_aug"]["learning_rate"] == 0.002
+    assert rows["sei"]["learning_rate"] == 0.0005  # not in the file: the default
+    per_seed = {int(s): {c["method"]: c for c in cells} for s, cells in summary["cells"].items()}
+    # Same data for both seeds (same baseline), different training runs.
+    assert per_seed[0]["baseline"]["psnr"] == per_seed[1]["baseline"]["psnr"]
+    assert per_seed[0]["sei"]["psnr"] != per_seed[1]["sei"]["psnr"]
+    d = [sum(per_seed[s]["sei"]["psnr"][0] - per_seed[s]["supervised_aug"]["psnr"][0] for s in (0, 1)) / 2]
+    assert rows["supervised_aug"]["sei_minus_it"][0] == pytest.approx(d[0])
+    md = open(results / "quality.md").read()
+    assert "Supervised + SEI's augmentation" in md and "not run yet" in md  # e.g. SURE
+
+    # Another learning rate for a method: its finished cells are kept aside and retrained.
+    lrs.write_text(json.dumps({"supervised_aug": {"sr": 0.001}}))
+    _run(quality, args, tmp_path)
+    rows = {r["method"]: r for r in json.load(open(results / "quality.json"))["rows"]}
+    assert rows["supervised_aug"]["learning_rate"] == 0.001
+    assert len(list((tmp_path / "cache" / "cells").glob("*/sr_x2__supervised_aug.lr0.002.stale.json"))) == 2
+
+    # The validation split trains without the held-out images and scores them; the test images stay unread.
+    _run(quality, [f"--ground_truth_dir={tiny_photos}", *TINY, "--tasks=sr_x2", "--methods=supervised",
+                   "--split=validation", "--validation_names=chelsea,rocket"], tmp_path, cache="cache_val")
+    report = json.load(open(results / "quality.json"))
+    (cell,) = [c for c in report["cells"] if c["method"] == "supervised"]
+    assert report["config"]["split"] == "validation"
+    assert cell["test_names"] == ["chelsea", "rocket"] and cell["train_names"] == ["astronaut"]
+
+
+def test_summary_interval_and_curve_flatness_against_the_formulas(quality):
+    import quality_summary as qs
+
+    # Differences 1..6: mean 3.5, sample sd sqrt(3.5), t(0.975, 5) = 2.5706.
+    mean, low, high = qs.paired_interval([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    half = 2.570582 * 3.5 ** 0.5 / 6 ** 0.5
+    assert mean == pytest.approx(3.5) and low == pytest.approx(3.5 - half, abs=1e-5)
+    assert high == pytest.approx(3.5 + half, abs=1e-5)
+    curve = [[0, 30.0, 0], [250, 31.0, 0], [500, 31.5, 0], [750, 31.8, 0], [900, 31.82, 0], [1000, 31.83, 0]]
+    assert qs.last_quarter_gain(curve, 1000) == pytest.approx(0.03)
+    assert str(qs.last_quarter_gain(curve[:-1], 1000)) == "nan"  # unfinished
+
+    def cell(method, psnr):
+        return {"task": "sr_x2", "method": method, "psnr": psnr, "psnr_mean": sum(psnr) / len(psnr),
+                "ssim_mean": 0.9, "test_names": ["a", "b", "c"], "curve": curve, "steps": 1000,
+                "learning_rate": 1e-3, "train_minutes": 1.0}
+
+    cells = {0: {("sr_x2", "sei"): cell("sei", [30.0, 31.0, 32.0]), ("sr_x2", "sure"): cell("sure", [29.0, 31.0, 31.0])},
+             1: {("sr_x2", "sei"): cell("sei", [30.0, 31.0, 32.0]), ("sr_x2", "sure"): cell("sure", [30.0, 30.0, 31.0])},
+             2: {("sr_x2", "sei"): cell("sei", [30.0, 31.0, 32.0])}}
+    mean, low, high, seeds = qs.paired_with_sei(cells, "sr_x2", "sure")
+    assert seeds == [0, 1]  # only the seeds both finished
+    assert mean == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # per image: (1+0)/2, (0+1)/2, (1+1)/2
+    row = qs.method_row(cells, "sr_x2", "sei")
+    assert row["seeds"] == [0, 1, 2] and row["psnr_seed_std"] == pytest.approx(0.0)

@@ -8,7 +8,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from sei_tf import data
+from sei_tf import data, transforms
 from sei_tf.data import DataError
 
 
@@ -495,3 +495,31 @@ def test_sample_ground_truth(tmp_path):
     assert data.read_image(paths[1]).shape == (512, 512, 1)
     with pytest.raises(DataError, match="Unknown sample"):
         data.sample_ground_truth(tmp_path, names=["lena"])
+
+
+def test_dihedral_augmentation_rotates_and_flips_the_crops_it_would_take_anyway():
+    images = _labelled_images()
+    plain = np.stack([b for _, b in zip(range(12), data.measurement_dataset(images, 8, 2, 3, seed=5).as_numpy_iterator())])
+    aug = np.stack([b for _, b in zip(range(12), data.measurement_dataset(images, 8, 2, 3, seed=5, dihedral=True)
+                                       .as_numpy_iterator())])
+    used = set()
+    for p, a in zip(plain.reshape(-1, 8, 8, 3), aug.reshape(-1, 8, 8, 3)):
+        matches = [d for d in range(8) if np.array_equal(transforms.dihedral(p, d).numpy(), a)]
+        assert matches, "an augmented crop is a rotation/flip of the crop taken without augmentation"
+        used.add(matches[0])
+    assert len(used) >= 6  # 24 crops: (almost) every element of the group is drawn
+
+
+def test_paired_dihedral_augmentation_transforms_measurement_and_truth_alike(tmp_path):
+    from sei_tf import physics
+
+    op = physics.SuperResolution(2, noise_sigma=0.0)
+    for k, name in enumerate("abc"):
+        x = np.random.default_rng(k).random((40, 48, 3)).astype(np.float32)
+        data.write_image(tmp_path / "x" / f"{name}.tif", x)
+        data.write_image(tmp_path / "y" / f"{name}.tif", op.A(x[None])[0].numpy())
+    ds = data.paired_patch_dataset(str(tmp_path / "y"), str(tmp_path / "x"), 8, 2, 3, factor=2, seed=1,
+                                   dihedral=True)
+    for y, x in [b for _, b in zip(range(6), ds.as_numpy_iterator())]:
+        # Interior only: the crop of the measurement saw the image around the truth's crop.
+        np.testing.assert_allclose(op.A(x).numpy()[:, 2:-2, 2:-2], y[:, 2:-2, 2:-2], atol=2e-3)

@@ -137,3 +137,38 @@ def test_supervised_and_css_losses():
     # With no noise, CSS of the identity is the MSE between A y and y.
     expected = tf.reduce_mean(tf.square(op.A(x) - x), axis=[1, 2, 3])
     np.testing.assert_allclose(losses.CSS()(None, x, op, identity, [0, 0]), expected, rtol=1e-5)
+
+
+def test_simulated_supervised_scores_the_restorer_on_a_fresh_measurement_of_the_transformed_truth():
+    """||f(A T(x) + e') - T(x)||^2 / n with the term's own draws, and no gradient into the target."""
+    op = physics.SuperResolution(2, noise_sigma=5.0)
+    f = _tiny_restorer()
+
+    def restorer(y):
+        return f(op.baseline(y))
+
+    x = tf.constant(photo("astronaut", 32)[None].repeat(2, axis=0))
+    seed = tf.constant([3, 4])
+    term = losses.SimulatedSupervised(transforms.Scale())
+    value = term(None, None, op, restorer, seed, x=x)
+    x2 = transforms.Scale()(x, transforms.rng.fold(seed, 0))
+    y2 = op(x2, transforms.rng.fold(seed, 1))
+    expected = tf.reduce_mean(tf.square(restorer(y2) - x2), axis=[1, 2, 3])
+    np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-5)
+    # The measurement is simulated (noisy), not the clean A T(x): a perfect inverse of A scores above 0.
+    assert not np.allclose(y2.numpy(), op.A(x2).numpy(), atol=1e-3)
+    with pytest.raises(losses.SeiTfError, match="ground truth"):
+        term(None, None, op, restorer, seed)
+    # Round trip through the config (the transform is nested).
+    again = losses.SimulatedSupervised.from_config(term.get_config())
+    np.testing.assert_allclose(again(None, None, op, restorer, seed, x=x).numpy(), value.numpy(), rtol=1e-6)
+
+
+def test_supervised_scale_preset_is_supervised_plus_the_simulated_term():
+    from sei_tf import objectives
+
+    terms = objectives.preset("supervised_scale", upscale=3)
+    assert [type(t).__name__ for t in terms] == ["Supervised", "SimulatedSupervised"]
+    assert terms[1].transform.factors == (0.75, 0.5) and terms[1].transform.multiple == 3
+    assert objectives.needs_ground_truth(terms)
+    assert [t.name for t in objectives.deserialize(objectives.serialize(terms))] == [t.name for t in terms]

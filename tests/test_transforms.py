@@ -79,3 +79,28 @@ def test_rotation_keeps_a_centred_disc_and_zero_fills_corners():
         tape.watch(ones)
         s = tf.reduce_sum(transforms.Rotate()(ones, tf.constant([1, 1])))
     assert tape.gradient(s, ones) is not None
+
+
+@pytest.mark.parametrize("task", [{"task": "sr", "factor": 2}, {"task": "sr", "factor": 3}, {"task": "sr", "factor": 4},
+                                  {"task": "deblur", "kernel": "gaussian:1"}, {"task": "deblur", "kernel": "gaussian:3"},
+                                  {"task": "deblur", "kernel": "box:3"}])
+def test_the_benchmark_physics_commute_with_rotations_and_flips(task):
+    from sei_tf import physics
+
+    assert transforms.commutes_with_dihedral(physics.from_flags(noise_sigma=5.0, **task))
+
+
+def test_a_motion_blur_does_not_commute_with_rotations_and_flips():
+    from sei_tf import physics
+
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2, :3] = 1 / 3  # a one-sided horizontal streak
+    assert not transforms.commutes_with_dihedral(physics.make("deblur", kernel=kernel, noise_sigma=5.0))
+
+
+def test_dihedral_gives_the_eight_distinct_symmetries_of_the_square():
+    x = tf.reshape(tf.range(9, dtype=tf.float32), [1, 3, 3, 1])
+    images = {tuple(transforms.dihedral(x, d).numpy().ravel()) for d in range(8)}
+    assert len(images) == 8
+    np.testing.assert_array_equal(transforms.dihedral(x, 0).numpy(), x.numpy())
+    np.testing.assert_array_equal(transforms.dihedral(x, 4).numpy(), x.numpy()[:, :, ::-1])
