@@ -354,3 +354,22 @@ def test_summary_interval_and_curve_flatness_against_the_formulas(quality):
     assert mean == pytest.approx((0.5 + 0.5 + 1.0) / 3)  # per image: (1+0)/2, (0+1)/2, (1+1)/2
     row = qs.method_row(cells, "sr_x2", "sei")
     assert row["seeds"] == [0, 1, 2] and row["psnr_seed_std"] == pytest.approx(0.0)
+
+
+def test_learning_rate_choice_per_method_and_family(quality):
+    import select_learning_rates as sel
+
+    def cell(method, task, lr, psnr):
+        return {"method": method, "task": task, "learning_rate": lr, "psnr_mean": psnr}
+
+    cells = [cell("sei", "sr_x2", 5e-4, 36.0), cell("sei", "sr_x2", 1e-3, 36.3), cell("sei", "sr_x2", 2e-3, 36.1),
+             cell("sei", "sr_x3", 5e-4, 33.0), cell("sei", "sr_x3", 1e-3, 32.5),  # 2e-3 not tried on x3
+             cell("sei", "gaussian_2", 5e-4, 33.0), cell("sei", "gaussian_2", 1e-3, 33.4),
+             cell("supervised", "sr_x2", 5e-4, 36.5), cell("supervised", "sr_x2", 5e-4, 36.7)]  # two seeds
+    rates, rows = sel.choose(cells)
+    # SR: 5e-4 scores (36.0 + 33.0) / 2 = 34.5 against 34.4 for 1e-3; 2e-3 misses a task.
+    assert rates["sei"] == {"sr": 5e-4, "deblur": 1e-3}
+    assert rates["supervised"] == {"sr": 5e-4}
+    (sup,) = [r for r in rows if r["method"] == "supervised"]
+    assert sup["seeds"] == 2 and sup["val_psnr"] == pytest.approx(36.6)
+    assert all(r["at_grid_edge"] for r in rows if r["method"] == "sei" and r["family"] == "deblur")
