@@ -271,7 +271,9 @@ def test_cli_interrupted_process_leaves_no_file(grey, tmp_path):
     image = grey_image(shape=(600, 1000))
     tifffile.imwrite(tmp_path / "in.tif", image, tile=(32, 32))
     out = tmp_path / "out"
+    # Ctrl-C's default handler even where the parent ignores SIGINT (a shell's background job does).
     code = ("import sys, signal, os\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from serving import tiling\n"
             "orig = tiling._run_checked\n"
             "n = [0]\n"
