@@ -236,10 +236,16 @@ def load_learning_rates(path):
     return {m: {k: float(x) for k, x in v.items()} for m, v in table.items()}
 
 
-def learning_rate(cfg, method, upscale):
+def task_family(task_key):
+    """"sr" or "deblur": the family whose learning rates a task uses."""
+    return "sr" if TASKS[task_key]["task"] == "sr" else "deblur"
+
+
+def learning_rate(cfg, method, task_key):
     """The Adam learning rate of a method: its chosen one (cfg["learning_rates"]) or the task family's default."""
-    family = "sr" if upscale > 1 else "deblur"
-    return cfg.get("learning_rates", {}).get(method, {}).get(family, cfg["lr_sr"] if upscale > 1 else cfg["lr_deblur"])
+    family = task_family(task_key)
+    default = cfg["lr_sr"] if family == "sr" else cfg["lr_deblur"]
+    return cfg.get("learning_rates", {}).get(method, {}).get(family, default)
 
 
 def seed_config(cfg, seed):
@@ -510,7 +516,7 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
         logging.info("%s: resuming at step %d/%d", name, state["step"], steps)
     upscale = model.physics.upscale
     patch = cfg["patch_size_x4"] if upscale == 4 else cfg["patch_size"]
-    lr = learning_rate(cfg, method, upscale)
+    lr = learning_rate(cfg, method, task_key)
     model.physics.check_measurement_size(patch, patch, f"{name}: the training patch")
     dihedral = bool(cfg.get("dihedral"))
     if dihedral and not transforms.commutes_with_dihedral(model.physics):
@@ -576,8 +582,7 @@ def is_stale(result, cfg):
     """True for a finished cell trained at another learning rate than the one `cfg` now gives its method."""
     if result["method"] == "baseline" or "learning_rate" not in result:
         return False
-    upscale = TASKS[result["task"]].get("factor", 1)
-    return abs(result["learning_rate"] - learning_rate(cfg, result["method"], upscale)) > 1e-12
+    return abs(result["learning_rate"] - learning_rate(cfg, result["method"], result["task"])) > 1e-12
 
 
 def load_cells(cell_dir, cfg=None):
@@ -651,13 +656,12 @@ def run_seed(cfg, sources, test, data_cfg, tasks, methods, results_dir):
     if not FLAGS.report_only:
         for t, m in todo:
             path = os.path.join(cell_dir, f"{t}__{m}.json")
-            done = os.path.isfile(path)
-            if done and not FLAGS.rerun and not is_stale(json.load(open(path)), cfg):
+            finished = json.load(open(path)) if os.path.isfile(path) else None
+            if finished and not FLAGS.rerun and not is_stale(finished, cfg):
                 logging.info("%s / %s / seed %d: finished earlier, kept", t, m, cfg["seed"])
                 continue
-            if done:  # rerun, or trained at another learning rate: kept aside, not overwritten
-                stale = json.load(open(path))
-                os.replace(path, f"{path[:-len('.json')]}.lr{stale.get('learning_rate')}.stale.json")
+            if finished:  # rerun, or trained at another learning rate: kept aside, not overwritten
+                os.replace(path, f"{path[:-len('.json')]}.lr{finished.get('learning_rate')}.stale.json")
                 shutil.rmtree(os.path.join(cell_dir, f"{t}__{m}.partial"), ignore_errors=True)
             r = train_cell(t, m, data_dirs[t], cfg, cell_dir)
             logging.info("%s / %s / seed %d: PSNR %.2f ± %.2f dB, SSIM %.4f (%.1f min)", t, m, cfg["seed"],

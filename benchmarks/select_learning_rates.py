@@ -46,10 +46,6 @@ FLAGS = flags.FLAGS
 VARYING = ("lr_sr", "lr_deblur", "seed", "learning_rates", "split")
 
 
-def family(task):
-    return "sr" if quality.TASKS[task]["task"] == "sr" else "deblur"
-
-
 def validation_cells(cache_dir, cfg):
     """Finished validation cells of configurations equal to `cfg` but for VARYING: a list of result dicts."""
     want = {k: v for k, v in cfg.items() if k not in VARYING}
@@ -70,7 +66,7 @@ def choose(cells):
     by = {}
     for r in cells:
         by.setdefault((r["method"], r["task"], r["learning_rate"]), []).append(r["psnr_mean"])
-    rows = [{"method": m, "task": t, "family": family(t), "learning_rate": lr, "seeds": len(v),
+    rows = [{"method": m, "task": t, "family": quality.task_family(t), "learning_rate": lr, "seeds": len(v),
              "val_psnr": sum(v) / len(v)} for (m, t, lr), v in sorted(by.items())]
     rates = {}
     for m in sorted({r["method"] for r in rows}):
@@ -119,7 +115,7 @@ def write(results_dir, rates, rows, cfg):
                 r = mine.get(lr)
                 cells.append("" if r is None else (f"**{r['val_psnr']:.2f}**" if r.get("chosen") else
                                                    f"{r['val_psnr']:.2f}"))
-            chosen = rates.get(m, {}).get(family(t))
+            chosen = rates.get(m, {}).get(quality.task_family(t))
             edge = any(r.get("at_grid_edge") for r in mine.values())
             L.append(f"| {quality.TASKS[t]['label']} | {METHOD_LABELS[m]} | " + " | ".join(cells)
                      + f" | {chosen if chosen is not None else ''}{' (grid edge)' if edge else ''} |")

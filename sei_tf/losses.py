@@ -221,34 +221,30 @@ class Supervised(LossTerm):
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
-class SimulatedSupervised(LossTerm):
-    """||f(A T(x) + e') - T(x)||^2 / n: supervised on a measurement simulated from transformed ground truth.
+class SimulatedSupervised(Equivariance):
+    """||f(A T(x) + e') - T(x)||^2 / n: `Equivariance`'s second pass, started from the ground truth `x`.
 
-    The supervised counterpart of `Equivariance`: where SEI transforms its own
-    estimate f(y), this term transforms the ground truth `x` (e.g. with SEI's
-    `transforms.Scale`), simulates a fresh measurement of it with the physics
-    (new noise draw) and asks the restorer to recover the transformed image. It
-    gives supervised training the same data augmentation that SEI's second pass sees.
+    Where SEI transforms its own estimate f(y), this term transforms the ground
+    truth (e.g. with SEI's `transforms.Scale`), simulates a fresh measurement of
+    it and asks the restorer to recover the transformed image: supervised
+    training with the data augmentation that SEI's second pass sees.
     """
 
     default_name = "supervised_sim"
     needs_ground_truth = True
 
     def __init__(self, transform, name=None, weight=1.0):
-        super().__init__(name, weight)
-        if isinstance(transform, dict):
-            transform = keras.saving.deserialize_keras_object(transform)
-        self.transform = transform
+        super().__init__(transform, stop_gradient=True, name=name, weight=weight)
 
     def __call__(self, x_net, y, physics, model, seed, x=None):
         if x is None:
             raise SeiTfError("The simulated supervised loss needs (measurement, ground truth) pairs.")
-        x2 = tf.stop_gradient(self.transform(x, rng.fold(seed, 0)))
-        y2 = physics(x2, rng.fold(seed, 1))
-        return _mean_per_example(tf.square(model(y2) - x2))
+        return super().__call__(x, y, physics, model, seed)
 
     def get_config(self):
-        return {**super().get_config(), "transform": keras.saving.serialize_keras_object(self.transform)}
+        config = super().get_config()
+        del config["stop_gradient"]  # always True: the target is data
+        return config
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")

@@ -149,18 +149,17 @@ def dihedral(x, d):
     return tf.cond(tf.convert_to_tensor(d) >= 4, lambda: tf.image.flip_left_right(x), lambda: x)
 
 
-def commutes_with_dihedral(physics, size=None, atol=1e-4):
+def commutes_with_dihedral(physics, atol=1e-4):
     """True when A(D x) = D(A x) for the 8 rotations/flips D (checked on a random image).
 
     Training data may then be rotated and flipped (`dihedral=` of the datasets):
     an augmented measurement is a valid measurement of the augmented image. SR
     (bicubic, on sizes that are multiples of the factor) and symmetric blurs
-    commute; a motion blur does not. `size`: side of the test image in signal
-    pixels (default: 16 times the upscale factor, enlarged to fit the kernel).
+    commute; a motion blur does not. The test image is 16 times the upscale
+    factor on a side, or larger to fit the blur kernel, and a multiple of the factor.
     """
     u = physics.upscale
-    n = size or max(16 * u, 4 * physics.margin + 8)
-    n = n // u * u
+    n = max(16 * u, 4 * physics.margin + 8) // u * u
     x = tf.random.stateless_uniform([1, n, n, 1], seed=[1, 2])
     y = physics.A(x)
     return all(float(tf.reduce_max(tf.abs(physics.A(dihedral(x, d)) - dihedral(y, d)))) <= atol
