@@ -59,6 +59,9 @@ def define_flags():
     flags.DEFINE_integer("steps_per_epoch", 100, "Optimiser steps per epoch.")
     flags.DEFINE_integer("batch_size", 8, "Global batch size (split across replicas: a multiple of their number).")
     flags.DEFINE_integer("patch_size", 48, "Training patch side in measurement pixels.")
+    flags.DEFINE_boolean("dihedral", False, "Rotate each training crop by a random multiple of 90 degrees and flip "
+                         "it (the same on the measurement and its ground truth). Free extra data when the "
+                         "instrument commutes with these (SR, symmetric blurs); refused otherwise (motion blur).")
     flags.DEFINE_float("learning_rate", 2e-4, "Adam learning rate.")
     flags.DEFINE_enum("schedule", "delayed_linear", ["constant", "delayed_linear"],
                       "constant, or constant for the first half then linear decay to 0.01x (the paper's).")
@@ -272,7 +275,7 @@ def train():
     import tensorflow as tf
 
     from sei_tf import callbacks as callbacks_lib
-    from sei_tf import data, models, objectives, precision, sei_model
+    from sei_tf import data, models, objectives, precision, sei_model, transforms
     from sei_tf import noise as noise_lib
 
     run_dir = FLAGS.output
@@ -298,6 +301,10 @@ def train():
                          "estimated from the measurements (as --noise auto), for reference.")
         estimated = estimated_noise(images)
     op, meta = resolve_physics(FLAGS.measurements, estimated)
+    if FLAGS.dihedral and not transforms.commutes_with_dihedral(op):
+        raise TrainingError(f"--dihedral: the physics ({op.describe()}) does not commute with rotations and flips "
+                            "(A(Dx) differs from D(Ax)), so a rotated measurement is not a measurement of the "
+                            "rotated image. Train without --dihedral.")
     if estimated is None:
         images, names = data.load_images(files, channels=channels)
     logging.info("%s", data.noise_model(images)[1])
@@ -320,10 +327,11 @@ def train():
     files, images, held_out = split_holdout(files, images, names)
     if supervised:
         dataset = data.paired_patch_dataset(files, FLAGS.ground_truth, FLAGS.patch_size, FLAGS.batch_size,
-                                            channels, factor=factor, seed=FLAGS.seed)
+                                            channels, factor=factor, seed=FLAGS.seed,
+                                            dihedral=FLAGS.dihedral)
     else:
         dataset = data.measurement_dataset(images, FLAGS.patch_size, FLAGS.batch_size, channels,
-                                           seed=FLAGS.seed, factor=factor)
+                                           seed=FLAGS.seed, factor=factor, dihedral=FLAGS.dihedral)
     validation = None
     if FLAGS.ground_truth:
         # PSNR/SSIM on the held-out measurements, or on all of them when none is held out.
