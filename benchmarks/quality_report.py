@@ -42,6 +42,20 @@ COLORS = {"supervised": "k", "supervised_aug": "tab:gray", "css": "tab:purple", 
           "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink"}
 
 
+def learning_rate_text(cfg):
+    """The protocol's learning rates: one per task family, or each method's chosen one (--learning_rates)."""
+    default = f"{cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (deblurring)"
+    chosen = cfg.get("learning_rates")
+    if not chosen:
+        return f"learning rate {default}"
+    def rate(r):
+        return "-" if r is None else f"{r:g}"
+
+    per_method = ", ".join(f"{METHOD_LABELS[m]} {rate(v.get('sr'))} / {rate(v.get('deblur'))}"
+                           for m, v in chosen.items())
+    return f"learning rates (SR / deblurring) per method: {per_method}; other methods {default}"
+
+
 def write_report(results_dir, cells, partial, cfg, tasks, cell_key, data_label, data_dirs, predictions):
     """Writes every table and figure of the report into `results_dir` (see the module docstring)."""
     os.makedirs(results_dir, exist_ok=True)
@@ -145,7 +159,7 @@ def write_tables(cells, cfg, tasks, results_dir, cell_key, data_label, partial=N
          f"(seed {cfg['seed']}) for all methods.",
          f"- Budget per cell: {cfg['steps'] if cfg['steps'] is not None else str(cfg['epochs']) + ' epochs'} steps, batch "
          f"{cfg['batch_size']}, patches {cfg['patch_size']} measurement px ({cfg['patch_size_x4']} for SR x4), "
-         f"{cfg['schedule']}, learning rate {cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (deblurring).",
+         f"{cfg['schedule']}, " + learning_rate_text(cfg) + ".",
          "- Evaluation: full test images, outputs clamped and quantised to 8 bits, PSNR (dB) / SSIM on the "
          "BT.601 luma channel, mean ± std over the test images.",
          "- Minutes: wall-clock training time of the cell on this machine's CPU (2 shared cores, no GPU; "
