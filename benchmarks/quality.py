@@ -420,9 +420,13 @@ def to_uint8(image):
 
 
 def save_predictions(path, names, images):
+    """The 8-bit estimates of the test images, written atomically (a parallel run's report may read them)."""
     import numpy as np
 
-    np.savez_compressed(path, **{n: to_uint8(p) for n, p in zip(names, images)})
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **{n: to_uint8(p) for n, p in zip(names, images)})
+    os.replace(tmp, path)
 
 
 def baseline_cell(task_key, td, cfg, cell_dir):
