@@ -131,8 +131,8 @@ flags.DEFINE_integer("eval_every", None, "Evaluate test PSNR (learning curve) an
 flags.DEFINE_integer("seed", 0, "Seed of weights, crops, noise and transforms (same for all methods).")
 flags.DEFINE_list("seeds", None, "Seeds of the training runs (weights, crops, noise draws), one cell set each "
                   "(default: --seed). The measurements are simulated with --seed for all of them, so every seed "
-                  "trains and scores on the same data. Several seeds: a report per seed in <results_dir>/seed<N>/, "
-                  "and the summary over seeds (quality_summary.py) in --results_dir.")
+                  "trains and scores on the same data. With --seeds (even one): a report per seed in "
+                  "<results_dir>/seed<N>/, and the summary over seeds (quality_summary.py) in --results_dir.")
 flags.DEFINE_enum("split", "test", ["test", "validation"],
                   "test: train on the training photographs, score the test photographs. validation: train on "
                   "the training photographs less VALIDATION_NAMES and score those (to choose learning rates); "
@@ -701,7 +701,7 @@ def main(argv):
     seeds = [int(s) for s in (FLAGS.seeds or [FLAGS.seed])]
     tasks = [t for t in TASKS if t in FLAGS.tasks]
     data_cfg = cfg  # one simulation of the measurements (seed --seed) for every seed
-    if len(seeds) == 1:
+    if FLAGS.seeds is None:
         run_seed(seed_config(cfg, seeds[0]), sources, test, data_cfg, tasks, methods, FLAGS.results_dir)
         return 0
     cell_dirs = {}
