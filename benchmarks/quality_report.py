@@ -42,18 +42,18 @@ COLORS = {"supervised": "k", "supervised_aug": "tab:gray", "css": "tab:purple", 
           "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink"}
 
 
+def per_method_rates(rates):
+    """"SEI 0.001 (SR) / 0.001 (blur), ...": each method's chosen learning rates (--learning_rates)."""
+    return ", ".join(f"{METHOD_LABELS[m]} {v.get('sr', '-')} (SR) / {v.get('deblur', '-')} (blur)"
+                     for m, v in rates.items())
+
+
 def learning_rate_text(cfg):
     """The protocol's learning rates: one per task family, or each method's chosen one (--learning_rates)."""
     default = f"{cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (deblurring)"
-    chosen = cfg.get("learning_rates")
-    if not chosen:
+    if not cfg.get("learning_rates"):
         return f"learning rate {default}"
-    def rate(r):
-        return "-" if r is None else f"{r:g}"
-
-    per_method = ", ".join(f"{METHOD_LABELS[m]} {rate(v.get('sr'))} / {rate(v.get('deblur'))}"
-                           for m, v in chosen.items())
-    return f"learning rates (SR / deblurring) per method: {per_method}; other methods {default}"
+    return f"learning rates per method: {per_method_rates(cfg['learning_rates'])}; other methods {default}"
 
 
 def write_report(results_dir, cells, partial, cfg, tasks, cell_key, data_label, data_dirs, predictions):

@@ -23,7 +23,7 @@ import json
 import math
 import os
 
-from quality_report import METHOD_LABELS, PAPER_PSNR, SELF_SUPERVISED, COLORS
+from quality_report import METHOD_LABELS, PAPER_PSNR, SELF_SUPERVISED, COLORS, per_method_rates
 
 # Bars of issue 14 (dB): SEI at most this far below the better supervised row.
 GAP_BARS = {"sr": 0.5, "gaussian": 1.5}
@@ -205,8 +205,7 @@ def write_summary(results_dir, cells_by_seed, cfg, tasks, data_label):
             "with each task's physics)." if cfg.get("dihedral") else ""),
          "- Learning rates: chosen per method and task family on a validation split of the training photographs "
          "(`results/learning_rates.md`); "
-         + (", ".join(f"{METHOD_LABELS[m]} {v.get('sr', '-')} (SR) / {v.get('deblur', '-')} (blur)"
-                      for m, v in lrs.items()) if lrs else "none chosen: all methods at the defaults")
+         + (per_method_rates(lrs) if lrs else "none chosen: all methods at the defaults")
          + f"; others {cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (blur).",
          "- Supervised + SEI's augmentation: supervised loss on the measurement pairs plus the same loss on "
          "measurements simulated (fresh noise) from ground truth shrunk by SEI's transform (factor 0.75 or 0.5, "

@@ -313,7 +313,7 @@ def test_seeds_split_and_learning_rates(quality, tiny_photos, tmp_path):
     md = open(results / "quality.md").read()
     assert "Supervised + SEI's augmentation" in md and "not run yet" in md  # e.g. SURE
     # Each seed's report states the rates its cells trained at, not only the default.
-    assert "Supervised + SEI's augmentation 0.002 / 0.003" in open(results / "seed0" / "quality.md").read()
+    assert "Supervised + SEI's augmentation 0.002 (SR) / 0.003 (blur)" in open(results / "seed0" / "quality.md").read()
 
     # Another learning rate for a method: its finished cells are kept aside and retrained.
     lrs.write_text(json.dumps({"supervised_aug": {"sr": 0.001}}))
