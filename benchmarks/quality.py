@@ -77,6 +77,8 @@ TASKS = {
 NOISE_SIGMA = 5.0
 # A cnn configuration without "init" in its backbone_args is one from before ResidualCNN had the option.
 CNN_INIT_BEFORE_OPTION = "glorot_uniform"
+# SURE's divergence step of the method (objectives.preset's default).
+DEFAULT_TAU = 0.01
 # Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
 # cell files and the rows of the results, so they stay as they were.
 METHODS = {"supervised": "supervised", "supervised_aug": "supervised_scale", "css": "css", "sure": "sure",
@@ -148,6 +150,9 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "float16"
                   "Type the backbone computes in (sei_tf.precision; auto: bfloat16 where the hardware runs it "
                   "fast, which matched float32 within 0.04 dB: results/bfloat16/). float32 cells keep their "
                   "cache keys.")
+flags.DEFINE_float("tau", None, "Step of SURE's Monte-Carlo divergence for the methods with a SURE term (default "
+                   "0.01, the method's; 0: the exact divergence by forward-mode differentiation). Default-tau "
+                   "cells keep their cache keys.")
 flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables and figures go.")
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default, all cores).")
@@ -214,6 +219,8 @@ def resolve_config():
         cfg["split"] = FLAGS.split
     if FLAGS.learning_rates:
         cfg["learning_rates"] = load_learning_rates(FLAGS.learning_rates)
+    if FLAGS.tau is not None and FLAGS.tau != DEFAULT_TAU:
+        cfg["tau"] = FLAGS.tau
     from sei_tf import precision
 
     compute_type, why = precision.resolve(FLAGS.precision)
@@ -391,7 +398,8 @@ def build_model(task_key, method, cfg, physics=None):
         args.setdefault("init", CNN_INIT_BEFORE_OPTION)
     backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
                             precision=cfg.get("precision", "float32"), **args)
-    return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"])
+    return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"],
+                              tau=cfg.get("tau", DEFAULT_TAU))
 
 
 def evaluate_on_test(model, td):

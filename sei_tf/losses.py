@@ -17,7 +17,7 @@ Values are mean squared errors in [0, 1] intensity units. A term also has a
 import keras
 import tensorflow as tf
 
-from sei_tf import rng
+from sei_tf import forward_mode, rng
 from sei_tf.errors import SeiTfError
 
 
@@ -78,6 +78,19 @@ def _rademacher(shape, seed):
     return tf.sign(rng.uniform(shape, seed) - 0.5)
 
 
+def probe_response(x_net, y, b, physics, model, tau):
+    """How A f(y) moves along the probe b, per unit step: the divergence's ingredient.
+
+    tau > 0: the finite difference (A f(y + tau b) - A f(y)) / tau, one more restorer
+    pass (the method's choice, tau = 0.01). tau = 0: its limit A J_f(y) b, exact, by
+    forward-mode differentiation (`sei_tf.forward_mode`): no digits cancel in
+    bfloat16, and no fixed step exists that the network could learn to fool.
+    """
+    if tau > 0:
+        return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
+    return physics.A(forward_mode.jvp(model, y, b))
+
+
 def sure_gaussian(x_net, y, physics, model, seed, tau):
     """SURE for Gaussian noise, in the measurement domain (one Monte-Carlo probe).
 
@@ -86,14 +99,14 @@ def sure_gaussian(x_net, y, physics, model, seed, tau):
 
     It estimates ||A f(y) - A x||^2 / m without bias. The sums run over the
     `sure_mask` (m values): `physics.margin` > 0 leaves a border out of the
-    residual and the probe ("partial SURE", for blur on patches).
+    residual and the probe ("partial SURE", for blur on patches). tau = 0 takes
+    the exact divergence sum(b * A J_f(y) b) (`probe_response`).
     """
     mask, m = sure_mask(y, physics)
     b = rng.normal(tf.shape(y), seed) * mask
     ax1 = physics.A(x_net)
-    ax1_probe = physics.A(model(y + tau * b))
     residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
-    divergence = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
+    divergence = tf.reduce_sum(b * probe_response(x_net, y, b, physics, model, tau), axis=[1, 2, 3])
     var = physics.noise.gaussian_variance
     return residual - var + 2.0 * var * divergence / m
 
@@ -104,10 +117,10 @@ def _sure_photon_counting(x_net, y, physics, model, seed, tau):
     mask, m = sure_mask(y, physics)
     b = _rademacher(tf.shape(y), seed) * mask
     ax1 = physics.A(x_net)
-    ax1_probe = physics.A(model(y + tau * b))
     residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
     counts = gain * tf.reduce_sum(y * mask, axis=[1, 2, 3]) / m
-    divergence = tf.reduce_sum(b * (gain * y + var) * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
+    response = probe_response(x_net, y, b, physics, model, tau)
+    divergence = tf.reduce_sum(b * (gain * y + var) * response, axis=[1, 2, 3])
     return residual - counts - var + 2.0 * divergence / m
 
 
@@ -145,6 +158,14 @@ def sure_poisson_gaussian(x_net, y, physics, model, seed, tau):
     return _sure_photon_counting(x_net, y, physics, model, seed, tau)
 
 
+def check_tau(tau):
+    """`tau` as a float; raises SeiTfError unless it is >= 0 (0: exact divergence)."""
+    tau = float(tau)
+    if not tau >= 0:
+        raise SeiTfError(f"The divergence step tau must be >= 0 (0 for the exact divergence), got {tau}.")
+    return tau
+
+
 # Noise models name their estimator (`Noise.sure_estimator`) by a key of this table.
 SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
                    "poisson_gaussian": sure_poisson_gaussian}
@@ -154,14 +175,15 @@ SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
 class SURE(LossTerm):
     """Stein's unbiased risk estimate, with the estimator that fits the physics' noise model.
 
-    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units).
+    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units);
+    0 takes the exact divergence by forward-mode differentiation (`probe_response`).
     """
 
     default_name = "sure"
 
     def __init__(self, tau=0.01, name=None, weight=1.0):
         super().__init__(name, weight)
-        self.tau = float(tau)
+        self.tau = check_tau(tau)
 
     def __call__(self, x_net, y, physics, model, seed, x=None):
         key = physics.noise.sure_estimator

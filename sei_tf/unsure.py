@@ -42,9 +42,9 @@ given noise level anywhere.
 import keras
 import tensorflow as tf
 
-from sei_tf import rng
+from sei_tf import losses, rng
 from sei_tf.errors import SeiTfError
-from sei_tf.losses import Equivariance, LossTerm, interior_mask
+from sei_tf.losses import Equivariance, LossTerm, check_tau, interior_mask
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -52,7 +52,8 @@ class UNSURE(LossTerm):
     """SURE with a learned noise variance (Gaussian noise of unknown sigma).
 
     Args:
-      tau: step of the Monte-Carlo divergence ([0, 1] intensity units).
+      tau: step of the Monte-Carlo divergence ([0, 1] intensity units); 0: exact (see
+        `losses.probe_response`).
       step_size: gradient-ascent step on the variance per training step
         (variance units per unit of 2 div / m; DeepInverse's default is 1e-4).
       initial_sigma: the variance's starting value, as a sigma in 8-bit units.
@@ -62,7 +63,7 @@ class UNSURE(LossTerm):
 
     def __init__(self, tau=0.01, step_size=1e-4, initial_sigma=0.0, name=None, weight=1.0):
         super().__init__(name, weight)
-        self.tau = float(tau)
+        self.tau = check_tau(tau)
         self.step_size = float(step_size)
         self.initial_sigma = float(initial_sigma)
         # "sum": under tf.distribute each replica adds its part of the batch's gradient.
@@ -90,9 +91,9 @@ class UNSURE(LossTerm):
         m = tf.reduce_sum(mask) * tf.cast(shape[3], tf.float32)
         b = rng.normal(shape, seed) * mask
         ax1 = physics.A(x_net)
-        ax1_probe = physics.A(model(y + self.tau * b))
         residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
-        divergence = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / self.tau
+        response = losses.probe_response(x_net, y, b, physics, model, self.tau)
+        divergence = tf.reduce_sum(b * response, axis=[1, 2, 3])
         v = tf.convert_to_tensor(self.variance)
         # d/dv of this is 2 div / m (the ascent direction); `- v` only makes the value SURE's.
         return residual + 2.0 * v * divergence / m - tf.stop_gradient(v)
