@@ -151,8 +151,7 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "float16"
                   "fast, which matched float32 within 0.04 dB: results/bfloat16/). float32 cells keep their "
                   "cache keys.")
 flags.DEFINE_float("tau", None, "Step of SURE's Monte-Carlo divergence for the methods with a SURE term (default "
-                   "0.01, the method's; 0: the exact divergence by forward-mode differentiation). Default-tau "
-                   "cells keep their cache keys.")
+                   "0.01, the method's). Default-tau cells keep their cache keys.")
 flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables and figures go.")
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default, all cores).")

@@ -17,7 +17,7 @@ Values are mean squared errors in [0, 1] intensity units. A term also has a
 import keras
 import tensorflow as tf
 
-from sei_tf import forward_mode, rng
+from sei_tf import rng
 from sei_tf.errors import SeiTfError
 
 
@@ -79,16 +79,8 @@ def _rademacher(shape, seed):
 
 
 def probe_response(x_net, y, b, physics, model, tau):
-    """How A f(y) moves along the probe b, per unit step: the divergence's ingredient.
-
-    tau > 0: the finite difference (A f(y + tau b) - A f(y)) / tau, one more restorer
-    pass (the method's choice, tau = 0.01). tau = 0: its limit A J_f(y) b, exact, by
-    forward-mode differentiation (`sei_tf.forward_mode`): no digits cancel in
-    bfloat16, and no fixed step exists that the network could learn to fool.
-    """
-    if tau > 0:
-        return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
-    return physics.A(forward_mode.jvp(model, y, b))
+    """(A f(y + tau b) - A f(y)) / tau: how A f moves along the probe b (one more restorer pass)."""
+    return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
 
 
 def sure_gaussian(x_net, y, physics, model, seed, tau):
@@ -99,8 +91,7 @@ def sure_gaussian(x_net, y, physics, model, seed, tau):
 
     It estimates ||A f(y) - A x||^2 / m without bias. The sums run over the
     `sure_mask` (m values): `physics.margin` > 0 leaves a border out of the
-    residual and the probe ("partial SURE", for blur on patches). tau = 0 takes
-    the exact divergence sum(b * A J_f(y) b) (`probe_response`).
+    residual and the probe ("partial SURE", for blur on patches).
     """
     mask, m = sure_mask(y, physics)
     b = rng.normal(tf.shape(y), seed) * mask
@@ -159,10 +150,10 @@ def sure_poisson_gaussian(x_net, y, physics, model, seed, tau):
 
 
 def check_tau(tau):
-    """`tau` as a float; raises SeiTfError unless it is >= 0 (0: exact divergence)."""
+    """`tau` as a float; raises SeiTfError unless it is > 0."""
     tau = float(tau)
-    if not tau >= 0:
-        raise SeiTfError(f"The divergence step tau must be >= 0 (0 for the exact divergence), got {tau}.")
+    if not tau > 0:
+        raise SeiTfError(f"The divergence step tau must be > 0, got {tau}.")
     return tau
 
 
@@ -175,8 +166,7 @@ SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
 class SURE(LossTerm):
     """Stein's unbiased risk estimate, with the estimator that fits the physics' noise model.
 
-    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units);
-    0 takes the exact divergence by forward-mode differentiation (`probe_response`).
+    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units).
     """
 
     default_name = "sure"

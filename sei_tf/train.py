@@ -42,6 +42,7 @@ def define_flags():
     flags.DEFINE_enum("method", "sei", list(objectives.PRESETS), "Training objective (see sei_tf.objectives).")
     flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
     flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
+    flags.DEFINE_float("tau", 0.01, "Step of SURE's Monte-Carlo divergence, in [0, 1] intensity units (> 0).")
     flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
     flags.DEFINE_enum("precision", "float32", list(precision.CHOICES),
                       "Type the backbone computes in (physics and losses stay float32). auto: bfloat16 on a "
@@ -312,7 +313,7 @@ def train():
         logging.warning("%s", warning)
     all_files = files
     objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,
-                                  upscale=op.upscale)
+                                  tau=FLAGS.tau, upscale=op.upscale)
     supervised = objectives.needs_ground_truth(objective)
     if supervised and not FLAGS.ground_truth:
         raise TrainingError(f"--method {FLAGS.method} needs --ground_truth.")
@@ -362,7 +363,7 @@ def train():
     with strategy.scope() if strategy else contextlib.nullcontext():
         backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
-                                  stop_gradient=FLAGS.stop_gradient, l2sp=FLAGS.l2sp,
+                                  stop_gradient=FLAGS.stop_gradient, tau=FLAGS.tau, l2sp=FLAGS.l2sp,
                                    trainable_layers=FLAGS.trainable_layers)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
     keep_best = None

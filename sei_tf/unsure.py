@@ -52,8 +52,7 @@ class UNSURE(LossTerm):
     """SURE with a learned noise variance (Gaussian noise of unknown sigma).
 
     Args:
-      tau: step of the Monte-Carlo divergence ([0, 1] intensity units); 0: exact (see
-        `losses.probe_response`).
+      tau: step of the Monte-Carlo divergence ([0, 1] intensity units).
       step_size: gradient-ascent step on the variance per training step
         (variance units per unit of 2 div / m; DeepInverse's default is 1e-4).
       initial_sigma: the variance's starting value, as a sigma in 8-bit units.

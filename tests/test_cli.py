@@ -261,7 +261,7 @@ def test_train_refuses_settings_that_cannot_work(work, dataset):
     folder = dataset / "measurements"
     streak = work / "streak.npy"  # a one-sided motion blur: rotating its measurements would be wrong
     np.save(streak, np.pad(np.full((1, 5), 0.2, np.float32), ((4, 4), (4, 0))))
-    big_psf, odd_batch, kernel_flag, sei_cmd, motion_dihedral = cli_parallel(
+    big_psf, odd_batch, kernel_flag, sei_cmd, motion_dihedral, negative_tau = cli_parallel(
         # a 49x49 PSF leaves no SURE interior in a 48-pixel patch (SURE was NaN at step 1)
         ("sei_tf.train", "--measurements", folder / "astronaut.tif", "--task", "deblur", "--kernel", psf,
          "--noise_sigma", 5, "--patch_size", 48, "--output", work / "run_psf"),
@@ -274,27 +274,35 @@ def test_train_refuses_settings_that_cannot_work(work, dataset):
         ("sei_tf.cli", "train", "--measurements", folder, "--task", "deblur", "--output", work / "run_cmd"),
         # rotations and flips of motion-blurred crops are not measurements of the rotated images
         ("sei_tf.train", "--measurements", folder / "astronaut.tif", "--task", "deblur", "--kernel", streak,
-         "--noise_sigma", 5, "--dihedral", "--output", work / "run_dihedral"))
+         "--noise_sigma", 5, "--dihedral", "--output", work / "run_dihedral"),
+        # a negative divergence step
+        ("sei_tf.train", "--measurements", folder, "--tau", -0.01, "--output", work / "run_tau"))
     error_line(big_psf, "--patch_size 48", "48x48", "49x49 blur kernel")
     error_line(odd_batch, "--batch_size 3", "2 replicas")
     error_line(kernel_flag, "--kernel does not apply", "sei_tf.json", "records sr x2")
     error_line(sei_cmd, "--task=deblur", "contradicts", "sr x2")
     error_line(motion_dihedral, "--dihedral", "does not commute with rotations and flips")
-    for run in ("run_psf", "run_batch", "run_kernel", "run_cmd", "run_dihedral"):
+    error_line(negative_tau, "tau must be > 0", "-0.01")
+    for run in ("run_psf", "run_batch", "run_kernel", "run_cmd", "run_dihedral", "run_tau"):
         assert not os.path.exists(work / run)
 
 
 def test_simulate_output_folder_is_accepted_as_measurements(work, dataset):
     """--measurements may name the folder simulate wrote (holding measurements/ and ground_truth/).
 
-    Also with --dihedral, which SR x2 allows (its refusal for a motion blur is tested above).
+    Also with --dihedral, which SR x2 allows (its refusal for a motion blur is tested above),
+    and with --tau 0.02 (SURE's divergence step), which must reach the saved objective.
     """
     result = cli("sei_tf.train", "--measurements", dataset, "--output", work / "run_parent",
-                 "--epochs", 1, "--steps_per_epoch", 1, "--dihedral", *TINY)
+                 "--epochs", 1, "--steps_per_epoch", 1, "--dihedral", "--tau", 0.02, *TINY)
     succeeded(result)
     with open(work / "run_parent" / "config.json") as f:
         config = json.load(f)
     assert "sr x2" in config["physics"] and config["flags"]["dihedral"] is True
+    from sei_tf import loading
+
+    model = loading.load_model(str(work / "run_parent"))
+    assert model.objective[0].name == "sure" and model.objective[0].tau == 0.02
 
 
 def test_existing_results_are_not_overwritten(work, dataset, trained, restored):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sei_tf import losses, models, physics, transforms
+from sei_tf import losses, physics, transforms
 from sei_tf.errors import SeiTfError
 from conftest import photo
 
@@ -31,14 +31,10 @@ NOISE = {"gaussian": ("gaussian:sigma=20", lambda ax: ax),
          "poisson_gaussian": ("poisson_gaussian:gain=0.005,sigma=10", lambda ax: tf.maximum(ax, 0.0))}
 
 
-@pytest.mark.parametrize("tau", [0.01, 0.0])
 @pytest.mark.parametrize("noise_name", list(NOISE))
 @pytest.mark.parametrize("op_name", ["sr", "blur"])
-def test_sure_is_unbiased_estimate_of_measurement_mse(op_name, noise_name, tau):
-    """SURE / PURE / PG-URE against the true error ||A f(y) - z||^2 / m, z = E[y | x].
-
-    tau = 0.01: finite-difference divergence; tau = 0: exact (forward mode).
-    """
+def test_sure_is_unbiased_estimate_of_measurement_mse(op_name, noise_name):
+    """SURE / PURE / PG-URE against the true error ||A f(y) - z||^2 / m, z = E[y | x]."""
     spec, mean_of_y = NOISE[noise_name]
     op = physics.SuperResolution(2, noise=spec) if op_name == "sr" else physics.Blur("gaussian:1", noise=spec)
     assert op.noise.sure_estimator == noise_name
@@ -47,7 +43,7 @@ def test_sure_is_unbiased_estimate_of_measurement_mse(op_name, noise_name, tau):
     n = 512
     ax = op.A(tf.constant(np.repeat(x, n, axis=0)))
     y = op.noise.sample(ax, seed=[3, 4])
-    sure = losses.SURE(tau=tau)(f(y), y, op, f, seed=tf.constant([5, 6]))
+    sure = losses.SURE(tau=0.01)(f(y), y, op, f, seed=tf.constant([5, 6]))
     mask = losses.interior_mask(tf.shape(y), op.margin)
     m = tf.reduce_sum(mask) * 3.0
     true = tf.reduce_sum(tf.square((op.A(f(y)) - mean_of_y(ax)) * mask), axis=[1, 2, 3]) / m
@@ -61,44 +57,20 @@ def test_sure_is_unbiased_estimate_of_measurement_mse(op_name, noise_name, tau):
     assert abs(naive_bias) > 10 * (4 * stderr), (naive_bias, stderr)
 
 
-def test_exact_probe_response_is_the_jacobian_times_the_probe():
-    """tau = 0: A J_f(y) b exactly. For f(y) = y^2 elementwise, J_f(y) b = 2 y b."""
+def test_probe_response_is_the_finite_difference_of_a_f():
+    """(A f(y + tau b) - A f(y)) / tau; for f(y) = y^2 elementwise that is A(2 y b + tau b^2)."""
     op = physics.Blur("gaussian:1", noise_sigma=5)
     y = tf.constant(photo("coffee", 24)[None])
     b = tf.random.stateless_normal(tf.shape(y), [1, 2])
-    got = losses.probe_response(tf.square(y), y, b, op, tf.square, tau=0.0)
-    np.testing.assert_allclose(got.numpy(), op.A(2.0 * y * b).numpy(), rtol=1e-5, atol=1e-6)
-    # The finite difference misses it by tau * A(b^2), the curvature term the exact one avoids.
-    step = losses.probe_response(tf.square(y), y, b, op, tf.square, tau=0.01)
-    np.testing.assert_allclose((step - got).numpy(), op.A(0.01 * b * b).numpy(), rtol=1e-2, atol=1e-4)
+    for tau in (0.01, 0.1):
+        got = losses.probe_response(tf.square(y), y, b, op, tf.square, tau)
+        np.testing.assert_allclose(got.numpy(), op.A(2.0 * y * b + tau * b * b).numpy(), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_exact_probe_response_of_a_residual_cnn_matches_a_central_difference(precision):
-    """Forward mode through the backbone (bicubic skip included) against float32 central differences."""
-    op = physics.SuperResolution(2, noise_sigma=5)
-    net = models.build("cnn", upscale=2, channels=3, precision=precision, features=8, num_blocks=2)
-    y = tf.constant(photo("astronaut", 20)[None])
-    net(y)
-    net.set_weights([w + 0.1 * np.random.RandomState(i).standard_normal(w.shape).astype(w.dtype)
-                     for i, w in enumerate(net.get_weights())])
-    ref = models.as_float32(net)
-    b = tf.random.stateless_normal(tf.shape(y), [3, 4])
-    eps = 1e-4  # small, so that few ReLUs switch within the step
-    central = (op.A(ref(y + eps * b)) - op.A(ref(y - eps * b))) / (2 * eps)
-    got = losses.probe_response(op.A(net(y)), y, b, op, net, tau=0.0)
-    assert got.dtype == tf.float32 and got.shape == central.shape
-    error = float(tf.norm(got - central) / tf.norm(central))
-    assert error < (5e-3 if precision == "float32" else 6e-2), error  # bfloat16 carries 8 bits
-    # The skip alone (bicubic upsampling, linear) is far from it: the residual branch is tested too.
-    skip_only = float(tf.norm(op.A(ref.skip(b)) - central) / tf.norm(central))
-    assert skip_only > 0.5, skip_only
-
-
-def test_divergence_step_must_not_be_negative():
-    with pytest.raises(SeiTfError, match="tau"):
-        losses.SURE(tau=-0.01)
-    assert losses.SURE(tau=0).get_config()["tau"] == 0.0
+def test_divergence_step_must_be_positive():
+    for tau in (0.0, -0.01):
+        with pytest.raises(SeiTfError, match="tau must be > 0"):
+            losses.SURE(tau=tau)
 
 
 def test_sure_mask_leaves_out_the_border_and_saturated_values():
