@@ -159,7 +159,8 @@ def write_tables(cells, cfg, tasks, results_dir, cell_key, data_label, partial=N
          f"(seed {cfg['seed']}) for all methods.",
          f"- Budget per cell: {cfg['steps'] if cfg['steps'] is not None else str(cfg['epochs']) + ' epochs'} steps, batch "
          f"{cfg['batch_size']}, patches {cfg['patch_size']} measurement px ({cfg['patch_size_x4']} for SR x4), "
-         f"{cfg['schedule']}, " + learning_rate_text(cfg) + ".",
+         f"{cfg['schedule']}, " + learning_rate_text(cfg)
+         + (f"; SURE's divergence step tau = {cfg['tau']:g} (the method's is 0.01)" if "tau" in cfg else "") + ".",
          "- Evaluation: full test images, outputs clamped and quantised to 8 bits, PSNR (dB) / SSIM on the "
          "BT.601 luma channel, mean ± std over the test images.",
          "- Minutes: wall-clock training time of the cell on this machine's CPU (2 shared cores, no GPU; "

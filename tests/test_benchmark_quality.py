@@ -246,6 +246,18 @@ def test_cell_set_key_of_the_committed_results(quality):
     assert quality.build_model("sr_x2", "sei", configs["glorot_uniform"]).backbone.init == "glorot_uniform"
     assert quality.build_model("sr_x2", "sei", configs["torch"]).backbone.init == "torch"
 
+    # --tau: the method's 0.01 keeps the key; another step is another cell set, and reaches SURE.
+    for tau in ("0.01", "0.001"):
+        flags(["quality.py", "--precision=float32", "--cnn_init=torch", "--nodihedral", f"--tau={tau}"])
+        try:
+            configs[tau] = quality.resolve_config()
+        finally:
+            flags.unparse_flags()
+    assert configs["0.01"] == configs["torch"] and configs["0.001"]["tau"] == 0.001
+    assert quality.cell_set_key(configs["0.001"], sources, set(quality.TEST_NAMES))[1] != keys["torch"]
+    sure = quality.build_model("sr_x2", "sure", configs["0.001"]).objective[0]
+    assert sure.name == "sure" and sure.tau == 0.001
+
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=["single_seed", "supervised_3x"])
 def test_report_reproduces_committed_tables(quality, quality_report, folder, tmp_path):
