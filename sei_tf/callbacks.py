@@ -1,4 +1,4 @@
-"""Keras callbacks of a training run: NaN stop, last good model, crash backup, logs.
+"""Keras callbacks of a training run: NaN stop, last good model, crash backup, logs, SURE check.
 
 A run folder holds `model.keras` (the last model whose weights were all finite,
 written after every epoch by an atomic rename), `backup/` (Keras
@@ -13,6 +13,7 @@ import os
 
 import keras
 import numpy as np
+from absl import logging
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -97,6 +98,50 @@ class KeepBest(keras.callbacks.Callback):
         with open(self.record + ".tmp", "w") as f:
             json.dump({"epoch": epoch + 1, "monitor": self.monitor, "value": self.best}, f)
         os.replace(self.record + ".tmp", self.record)
+
+
+class WarnNegativeSURE(keras.callbacks.Callback):
+    """Warns (once per log key) when an epoch's mean SURE falls below `floor` (< 0).
+
+    SURE estimates a squared error, so its mean over an epoch stays >= 0 up to its
+    noise. Far below 0 it has stopped measuring the error: the network answers the
+    divergence probe y + tau b differently from y (seen on SR x2 after 2400 steps
+    of SURE alone, benchmarks/results/sure_probe_step.md), and training on it, or
+    keeping the epoch with the lowest validation SURE, degrades the restorer.
+    `keys` are the log entries to watch (e.g. "sure", "val_sure").
+    """
+
+    def __init__(self, keys, floor, tau):
+        super().__init__()
+        self.keys, self.floor, self.tau = list(keys), float(floor), tau
+        self.warned = set()
+
+    @classmethod
+    def for_objective(cls, objective, noise):
+        """The check for the SURE terms of `objective` (training and validation logs), or None.
+
+        The floor is a tenth of the Gaussian noise variance below 0; noise without
+        a Gaussian part (pure Poisson) gets no check.
+        """
+        from sei_tf import losses
+
+        terms = [t for t in objective if isinstance(t, losses.SURE)]
+        variance = float(noise.gaussian_variance)
+        if not terms or variance <= 0:
+            return None
+        keys = [t.name for t in terms] + [f"val_{t.name}" for t in terms]
+        return cls(keys, -0.1 * variance, terms[0].tau)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in self.keys:
+            value = (logs or {}).get(key)
+            if key in self.warned or value is None or not float(value) < self.floor:
+                continue
+            self.warned.add(key)
+            logging.warning(f"epoch {epoch + 1}: mean {key} = {float(value):.3g}, below {self.floor:.3g}. SURE "
+                  "estimates a squared error, so it has stopped measuring the error: the network has learned to "
+                  f"answer the divergence probe (step tau = {self.tau:g}) differently from real measurements. The "
+                  "restorer degrades from here. Restart with a smaller --tau (e.g. 0.001) or with --method sei.")
 
 
 def resumed_epoch(backup_dir):

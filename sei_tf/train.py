@@ -363,13 +363,16 @@ def train():
     with strategy.scope() if strategy else contextlib.nullcontext():
         backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
-                                  stop_gradient=FLAGS.stop_gradient, tau=FLAGS.tau, l2sp=FLAGS.l2sp,
+                                   stop_gradient=FLAGS.stop_gradient, tau=FLAGS.tau, l2sp=FLAGS.l2sp,
                                    trainable_layers=FLAGS.trainable_layers)
         model.compile(keras.optimizers.Adam(lr, beta_1=0.9, beta_2=0.999))
     keep_best = None
     if held_out:  # the best epoch is judged on measurements that training never saw
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
     callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
+    sure_check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, op.noise)
+    if sure_check:
+        callbacks.append(sure_check)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
         json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)

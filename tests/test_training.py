@@ -191,3 +191,22 @@ def test_custom_objective_is_a_list_of_terms(tmp_path):
     assert loaded.objective[0].tau == 0.02 and loaded.objective[1].weight == 0.5
     with pytest.raises(SeiTfError, match="only apply to a preset"):
         sei_model.SEIModel(models.build("cnn", features=8, num_blocks=1), op, objective=terms, alpha=2.0)
+
+
+def test_a_negative_epoch_mean_of_sure_is_warned_about_once(caplog):
+    """SURE estimates a squared error: an epoch mean far below 0 means it no longer measures it."""
+    from sei_tf import callbacks, noise
+
+    gaussian = noise.Gaussian(5.0)
+    check = callbacks.WarnNegativeSURE.for_objective(objectives.preset("sei"), gaussian)
+    floor = -0.1 * (5.0 / 255) ** 2
+    assert check.keys == ["sure", "val_sure"] and check.floor == pytest.approx(floor) and check.tau == 0.01
+    with caplog.at_level("WARNING"):
+        check.on_epoch_end(0, {"sure": 2e-4, "val_sure": 0.5 * floor, "seq": -1.0})  # noise around 0: quiet
+        assert not caplog.records
+        check.on_epoch_end(1, {"sure": 2 * floor, "val_sure": 1e-4})
+        check.on_epoch_end(2, {"sure": 3 * floor})  # said once
+    assert len(caplog.records) == 1 and "epoch 2: mean sure" in caplog.text and "--tau" in caplog.text
+    # No SURE term, or noise without a Gaussian part: nothing to check.
+    assert callbacks.WarnNegativeSURE.for_objective(objectives.preset("supervised"), gaussian) is None
+    assert callbacks.WarnNegativeSURE.for_objective(objectives.preset("sure"), noise.Poisson(0.01)) is None
