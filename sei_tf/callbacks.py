@@ -139,9 +139,10 @@ class WarnNegativeSURE(keras.callbacks.Callback):
                 continue
             self.warned.add(key)
             logging.warning(f"epoch {epoch + 1}: mean {key} = {float(value):.3g}, below {self.floor:.3g}. SURE "
-                  "estimates a squared error, so it has stopped measuring the error: the network has learned to "
-                  f"answer the divergence probe (step tau = {self.tau:g}) differently from real measurements. The "
-                  "restorer degrades from here. Restart with a smaller --tau (e.g. 0.001) or with --method sei.")
+                            "estimates a squared error, so it has stopped measuring the error: the network has "
+                            f"learned to answer the divergence probe (step tau = {self.tau:g}) differently from real "
+                            "measurements. The restorer degrades from here. Restart with a smaller --tau (e.g. "
+                            "0.001) or with --method sei.")
 
 
 def resumed_epoch(backup_dir):
