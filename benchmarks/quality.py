@@ -77,8 +77,6 @@ TASKS = {
 NOISE_SIGMA = 5.0
 # A cnn configuration without "init" in its backbone_args is one from before ResidualCNN had the option.
 CNN_INIT_BEFORE_OPTION = "glorot_uniform"
-# SURE's divergence step of the method (objectives.preset's default).
-DEFAULT_TAU = 0.01
 # Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
 # cell files and the rows of the results, so they stay as they were.
 METHODS = {"supervised": "supervised", "supervised_aug": "supervised_scale", "css": "css", "sure": "sure",
@@ -218,9 +216,10 @@ def resolve_config():
         cfg["split"] = FLAGS.split
     if FLAGS.learning_rates:
         cfg["learning_rates"] = load_learning_rates(FLAGS.learning_rates)
-    if FLAGS.tau is not None and FLAGS.tau != DEFAULT_TAU:
+    from sei_tf import losses, precision
+
+    if FLAGS.tau is not None and FLAGS.tau != losses.DEFAULT_TAU:
         cfg["tau"] = FLAGS.tau
-    from sei_tf import precision
 
     compute_type, why = precision.resolve(FLAGS.precision)
     logging.info("Precision: %s", why)
@@ -397,8 +396,8 @@ def build_model(task_key, method, cfg, physics=None):
         args.setdefault("init", CNN_INIT_BEFORE_OPTION)
     backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
                             precision=cfg.get("precision", "float32"), **args)
-    return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"],
-                              tau=cfg.get("tau", DEFAULT_TAU))
+    options = {"tau": cfg["tau"]} if "tau" in cfg else {}  # else the preset's default
+    return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"], **options)
 
 
 def evaluate_on_test(model, td):

@@ -48,6 +48,13 @@ def per_method_rates(rates):
                      for m, v in rates.items())
 
 
+def tau_text(cfg):
+    """" SURE's divergence step tau = 0.001 (...)." for a configuration with a non-default tau, else ""."""
+    if "tau" not in cfg:
+        return ""
+    return f" SURE's divergence step tau = {cfg['tau']:g} (the method's default is 0.01)."
+
+
 def learning_rate_text(cfg):
     """The protocol's learning rates: one per task family, or each method's chosen one (--learning_rates)."""
     default = f"{cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (deblurring)"
@@ -159,8 +166,7 @@ def write_tables(cells, cfg, tasks, results_dir, cell_key, data_label, partial=N
          f"(seed {cfg['seed']}) for all methods.",
          f"- Budget per cell: {cfg['steps'] if cfg['steps'] is not None else str(cfg['epochs']) + ' epochs'} steps, batch "
          f"{cfg['batch_size']}, patches {cfg['patch_size']} measurement px ({cfg['patch_size_x4']} for SR x4), "
-         f"{cfg['schedule']}, " + learning_rate_text(cfg)
-         + (f"; SURE's divergence step tau = {cfg['tau']:g} (the method's is 0.01)" if "tau" in cfg else "") + ".",
+         f"{cfg['schedule']}, " + learning_rate_text(cfg) + "." + tau_text(cfg),
          "- Evaluation: full test images, outputs clamped and quantised to 8 bits, PSNR (dB) / SSIM on the "
          "BT.601 luma channel, mean ± std over the test images.",
          "- Minutes: wall-clock training time of the cell on this machine's CPU (2 shared cores, no GPU; "

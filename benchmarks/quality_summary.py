@@ -23,7 +23,7 @@ import json
 import math
 import os
 
-from quality_report import METHOD_LABELS, PAPER_PSNR, SELF_SUPERVISED, COLORS, per_method_rates
+from quality_report import METHOD_LABELS, PAPER_PSNR, SELF_SUPERVISED, COLORS, per_method_rates, tau_text
 
 # Bars of issue 14 (dB): SEI at most this far below the better supervised row.
 GAP_BARS = {"sr": 0.5, "gaussian": 1.5}
@@ -202,8 +202,7 @@ def write_summary(results_dir, cells_by_seed, cfg, tasks, data_label):
          f"- Budget per cell: {cfg['steps']} steps, batch {cfg['batch_size']}, patches {cfg['patch_size']} measurement "
          f"px ({cfg['patch_size_x4']} for SR x4), {cfg['schedule']}."
          + (" Every method's training crops are rotated by multiples of 90 degrees and flipped (checked to commute "
-            "with each task's physics)." if cfg.get("dihedral") else "")
-         + (f" SURE's divergence step tau = {cfg['tau']:g} (the method's is 0.01)." if "tau" in cfg else ""),
+            "with each task's physics)." if cfg.get("dihedral") else "") + tau_text(cfg),
          "- Learning rates: chosen per method and task family on a validation split of the training photographs "
          "(`results/learning_rates.md`); "
          + (per_method_rates(lrs) if lrs else "none chosen: all methods at the defaults")

@@ -78,6 +78,10 @@ def _rademacher(shape, seed):
     return tf.sign(rng.uniform(shape, seed) - 0.5)
 
 
+# The method's step of the divergence probe, in [0, 1] intensity units (method.md).
+DEFAULT_TAU = 0.01
+
+
 def probe_response(x_net, y, b, physics, model, tau):
     """(A f(y + tau b) - A f(y)) / tau: how A f moves along the probe b (one more restorer pass)."""
     return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
@@ -171,7 +175,7 @@ class SURE(LossTerm):
 
     default_name = "sure"
 
-    def __init__(self, tau=0.01, name=None, weight=1.0):
+    def __init__(self, tau=DEFAULT_TAU, name=None, weight=1.0):
         super().__init__(name, weight)
         self.tau = check_tau(tau)
 

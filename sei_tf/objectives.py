@@ -24,7 +24,7 @@ PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_
            "supervised_scale")
 
 
-def preset(name, alpha=1.0, stop_gradient=True, tau=0.01, scale_factors=(0.75, 0.5), scale_kind="padded",
+def preset(name, alpha=1.0, stop_gradient=True, tau=losses.DEFAULT_TAU, scale_factors=(0.75, 0.5), scale_kind="padded",
            upscale=1):
     """The list of terms of a named method.
 

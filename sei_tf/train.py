@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines the command-line flags (only when run as a program: importing has no side effects)."""
-    from sei_tf import objectives, precision
+    from sei_tf import losses, objectives, precision
 
     flags.DEFINE_string("measurements", None, "Folder (or comma-separated files) of measurements.")
     flags.DEFINE_string("ground_truth", None, "Ground-truth folder: needed by --method supervised; "
@@ -42,7 +42,7 @@ def define_flags():
     flags.DEFINE_enum("method", "sei", list(objectives.PRESETS), "Training objective (see sei_tf.objectives).")
     flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
     flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
-    flags.DEFINE_float("tau", 0.01, "Step of SURE's Monte-Carlo divergence, in [0, 1] intensity units (> 0).")
+    flags.DEFINE_float("tau", losses.DEFAULT_TAU, "Step of SURE's Monte-Carlo divergence, in [0, 1] intensity units (> 0).")
     flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
     flags.DEFINE_enum("precision", "float32", list(precision.CHOICES),
                       "Type the backbone computes in (physics and losses stay float32). auto: bfloat16 on a "

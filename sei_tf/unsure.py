@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from sei_tf import losses, rng
 from sei_tf.errors import SeiTfError
-from sei_tf.losses import Equivariance, LossTerm, check_tau, interior_mask
+from sei_tf.losses import DEFAULT_TAU, Equivariance, LossTerm, check_tau, interior_mask
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -60,7 +60,7 @@ class UNSURE(LossTerm):
 
     default_name = "unsure"
 
-    def __init__(self, tau=0.01, step_size=1e-4, initial_sigma=0.0, name=None, weight=1.0):
+    def __init__(self, tau=DEFAULT_TAU, step_size=1e-4, initial_sigma=0.0, name=None, weight=1.0):
         super().__init__(name, weight)
         self.tau = check_tau(tau)
         self.step_size = float(step_size)
