@@ -373,6 +373,37 @@ def test_summary_interval_and_curve_flatness_against_the_formulas(quality):
     assert row["seeds"] == [0, 1, 2] and row["psnr_seed_std"] == pytest.approx(0.0)
 
 
+def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
+    import compare_cell_sets as cc
+
+    def cell(method, psnr, names=("a", "b", "c")):
+        return {"task": "sr_x2", "method": method, "psnr": psnr, "psnr_mean": sum(psnr) / len(psnr),
+                "test_names": list(names)}
+
+    def summary(path, cells_by_seed):
+        with open(path, "w") as f:
+            json.dump({"cells": {str(s): cells for s, cells in cells_by_seed.items()}}, f)
+        return str(path)
+
+    a = summary(tmp_path / "a.json", {0: [cell("sei", [30.0, 31.0, 32.0]), cell("sure", [29.0, 29.0, 29.0])],
+                                      1: [cell("sei", [30.0, 30.0, 30.0])],
+                                      2: [cell("sei", [28.0, 28.0, 28.0])]})
+    b = summary(tmp_path / "b.json", {0: [cell("sei", [31.0, 31.0, 33.0])],
+                                      1: [cell("sei", [30.0, 31.0, 32.0])]})
+    rows = cc.compare(cc.load_cells(a), cc.load_cells(b))
+    assert [(r["task"], r["method"], r["seeds"]) for r in rows] == [("sr_x2", "sei", [0, 1])]  # seed 2, SURE: A only
+    r = rows[0]
+    # Per image, B - A averaged over seeds 0 and 1: (1+0)/2, (0+1)/2, (1+2)/2.
+    mean, low, high = cc.paired_interval([0.5, 0.5, 1.5])
+    assert (r["diff"], r["low"], r["high"]) == pytest.approx((mean, low, high)) and r["diff"] == pytest.approx(5 / 6)
+    assert r["per_seed"] == pytest.approx([2 / 3, 1.0])
+    assert r["psnr_a"] == pytest.approx((31.0 + 30.0) / 2) and r["psnr_b"] == pytest.approx((95 / 3 + 31.0) / 2)
+    # Cells tested on other images are not compared.
+    other = summary(tmp_path / "c.json", {0: [cell("sei", [30.0, 31.0, 32.0], names=("a", "b", "d"))]})
+    with pytest.raises(ValueError, match="different images"):
+        cc.compare(cc.load_cells(a), cc.load_cells(other))
+
+
 def test_learning_rate_choice_per_method_and_family(quality):
     import select_learning_rates as sel
 

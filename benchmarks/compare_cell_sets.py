@@ -1,0 +1,116 @@
+"""Two configurations of the quality benchmark, cell by cell, over their common seeds.
+
+    PYTHONPATH=. python benchmarks/compare_cell_sets.py \\
+        --a benchmarks/results/quality.json --a_label "tau 0.01" \\
+        --b benchmarks/results/tau0.001/quality.json --b_label "tau 0.001" \\
+        --out benchmarks/results/tau0.001/tau_compare.md
+
+--a and --b are summary files written by benchmarks/quality.py over several
+seeds (their "cells" hold every finished cell per seed). Each configuration
+differs in one setting (a flag of quality.py); everything else, seeds
+included, is the same, so a cell of A and the cell of B with the same task,
+method and seed saw the same initial weights, crops and noise draws until the
+setting made them differ.
+
+For every (task, method) that both finished on at least one common seed:
+PSNR of A and of B (mean over those seeds of the per-seed mean over the test
+images), B minus A per seed, and the paired difference: for each test image,
+B - A averaged over the common seeds; its mean with the 95% Student-t interval
+over the images (quality_summary.paired_interval), in bold where it excludes 0.
+Prints the table and writes it to --out.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app, flags  # noqa: E402
+
+from quality_report import METHOD_LABELS  # noqa: E402
+from quality_summary import paired_interval  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("a", None, "quality.json (several seeds) of the reference configuration.")
+flags.DEFINE_string("b", None, "quality.json (several seeds) of the configuration compared with it.")
+flags.DEFINE_string("a_label", "A", "Name of configuration A in the table.")
+flags.DEFINE_string("b_label", "B", "Name of configuration B in the table.")
+flags.DEFINE_string("out", None, "Markdown file to write (default: compare.md next to --b).")
+
+
+def load_cells(path):
+    """{(task, method, seed): cell} of the finished learned cells in a summary quality.json."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        raise app.UsageError(f"{path}: {e}")
+    if not isinstance(summary.get("cells"), dict):
+        raise app.UsageError(f"{path}: no per-seed cells; give the summary quality.json of a run over --seeds.")
+    return {(c["task"], c["method"], int(seed)): c
+            for seed, cells in summary["cells"].items() for c in cells
+            if c.get("method") != "baseline" and c.get("psnr_mean") is not None}
+
+
+def compare(cells_a, cells_b):
+    """One row per (task, method) both finished on a common seed, in the order of cells_a."""
+    rows = []
+    pairs = dict.fromkeys((t, m) for t, m, _ in cells_a)
+    for task, method in pairs:
+        seeds = sorted(s for t, m, s in cells_a if (t, m) == (task, method) and (t, m, s) in cells_b)
+        if not seeds:
+            continue
+        a = [cells_a[task, method, s] for s in seeds]
+        b = [cells_b[task, method, s] for s in seeds]
+        if any(x["test_names"] != a[0]["test_names"] for x in a + b):
+            raise ValueError(f"{task}/{method}: the two configurations were tested on different images.")
+        n_images = len(a[0]["psnr"])
+        per_image = [sum(cb["psnr"][i] - ca["psnr"][i] for ca, cb in zip(a, b)) / len(seeds)
+                     for i in range(n_images)]
+        mean, low, high = paired_interval(per_image)
+        rows.append({"task": task, "method": method, "seeds": seeds,
+                     "psnr_a": sum(c["psnr_mean"] for c in a) / len(a),
+                     "psnr_b": sum(c["psnr_mean"] for c in b) / len(b),
+                     "per_seed": [cb["psnr_mean"] - ca["psnr_mean"] for ca, cb in zip(a, b)],
+                     "diff": mean, "low": low, "high": high})
+    return rows
+
+
+def table(rows, label_a, label_b):
+    lines = [f"| task | method | seeds | {label_a} (dB) | {label_b} (dB) | {label_b} minus {label_a} per seed | "
+             "paired per-image difference [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        interval = f"{r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
+        if r["low"] > 0 or r["high"] < 0:
+            interval = f"**{interval}**"
+        lines.append(f"| {r['task']} | {METHOD_LABELS.get(r['method'], r['method'])} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['psnr_a']:.2f} | {r['psnr_b']:.2f} | "
+                     f"{' / '.join(f'{d:+.2f}' for d in r['per_seed'])} | {interval} |")
+    return lines
+
+
+def main(argv):
+    del argv
+    if not FLAGS.a or not FLAGS.b:
+        raise app.UsageError("give both --a and --b.")
+    rows = compare(load_cells(FLAGS.a), load_cells(FLAGS.b))
+    if not rows:
+        raise app.UsageError(f"{FLAGS.a} and {FLAGS.b} have no (task, method, seed) cell in common.")
+    lines = [f"# {FLAGS.b_label} against {FLAGS.a_label}", "",
+             f"A: {os.path.relpath(FLAGS.a)}; B: {os.path.relpath(FLAGS.b)}. PSNR: 8-bit luma, full test images, "
+             "mean over the common seeds. Paired: B minus A per test image (averaged over the seeds), mean and "
+             "95% t interval over the images; bold where it excludes 0.", ""] + table(rows, FLAGS.a_label,
+                                                                                      FLAGS.b_label)
+    out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(FLAGS.b)), "compare.md")
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    print("\n".join(lines))
+    print(f"\nWritten: {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)
