@@ -48,9 +48,12 @@ def load_cells(path):
         raise app.UsageError(f"{path}: {e}")
     if not isinstance(summary.get("cells"), dict):
         raise app.UsageError(f"{path}: no per-seed cells; give the summary quality.json of a run over --seeds.")
-    return {(c["task"], c["method"], int(seed)): c
-            for seed, cells in summary["cells"].items() for c in cells
-            if c.get("method") != "baseline" and c.get("psnr_mean") is not None}
+    cells = {(c["task"], c["method"], int(seed)): c
+             for seed, cells in summary["cells"].items() for c in cells
+             if c.get("method") != "baseline" and c.get("psnr_mean") is not None}
+    # In the order of the summary's table (task by task), where it has one.
+    order = {(r["task"], r["method"]): i for i, r in enumerate(summary.get("rows", []))}
+    return dict(sorted(cells.items(), key=lambda kv: (order.get(kv[0][:2], len(order)), kv[0][2])))
 
 
 def compare(cells_a, cells_b):
