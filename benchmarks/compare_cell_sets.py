@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags  # noqa: E402
 
 from quality_report import METHOD_LABELS  # noqa: E402
-from quality_summary import paired_interval  # noqa: E402
+from quality_summary import paired_interval, per_image_difference  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("a", None, "quality.json (several seeds) of the reference configuration.")
@@ -68,10 +68,7 @@ def compare(cells_a, cells_b):
         b = [cells_b[task, method, s] for s in seeds]
         if any(x["test_names"] != a[0]["test_names"] for x in a + b):
             raise ValueError(f"{task}/{method}: the two configurations were tested on different images.")
-        n_images = len(a[0]["psnr"])
-        per_image = [sum(cb["psnr"][i] - ca["psnr"][i] for ca, cb in zip(a, b)) / len(seeds)
-                     for i in range(n_images)]
-        mean, low, high = paired_interval(per_image)
+        mean, low, high = paired_interval(per_image_difference(list(zip(b, a))))
         rows.append({"task": task, "method": method, "seeds": seeds,
                      "psnr_a": sum(c["psnr_mean"] for c in a) / len(a),
                      "psnr_b": sum(c["psnr_mean"] for c in b) / len(b),

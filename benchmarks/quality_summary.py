@@ -93,10 +93,13 @@ def paired_with_sei(cells_by_seed, task, method):
     seeds = [s for s, c in cells_by_seed.items() if (task, "sei") in c and (task, method) in c]
     if not seeds or method == "sei":
         return None
-    n_images = len(cells_by_seed[seeds[0]][(task, "sei")]["psnr"])
-    per_image = [_mean([cells_by_seed[s][(task, "sei")]["psnr"][i] - cells_by_seed[s][(task, method)]["psnr"][i]
-                        for s in seeds]) for i in range(n_images)]
-    return (*paired_interval(per_image), seeds)
+    pairs = [(cells_by_seed[s][(task, "sei")], cells_by_seed[s][(task, method)]) for s in seeds]
+    return (*paired_interval(per_image_difference(pairs)), seeds)
+
+
+def per_image_difference(pairs):
+    """For each test image, PSNR of the first cell minus that of the second, averaged over the pairs (one per seed)."""
+    return [_mean([b["psnr"][i] - a["psnr"][i] for b, a in pairs]) for i in range(len(pairs[0][0]["psnr"]))]
 
 
 def _family(task):
