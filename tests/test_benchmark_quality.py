@@ -373,6 +373,41 @@ def test_summary_interval_and_curve_flatness_against_the_formulas(quality):
     assert row["seeds"] == [0, 1, 2] and row["psnr_seed_std"] == pytest.approx(0.0)
 
 
+def test_bars_compare_on_the_seeds_both_finished(quality):
+    """A method run on fewer seeds is compared with SEI on those seeds only, not with SEI's mean over all."""
+    import quality_summary as qs
+
+    curve = [[0, 30.0, 0], [750, 31.0, 0], [1000, 31.0, 0]]
+
+    def cell(method, psnr):
+        return {"task": "gaussian_2", "method": method, "psnr": psnr, "psnr_mean": sum(psnr) / len(psnr),
+                "ssim_mean": 0.9, "test_names": ["a", "b", "c"], "curve": curve, "steps": 1000,
+                "learning_rate": 1e-3, "train_minutes": 1.0}
+
+    # SEI: 30 on seed 0, 34 on seeds 1 and 2 (mean 32.67). Supervised + aug: seed 0 only, 32.
+    # SURE: 1 dB under SEI on every seed, except image "a" of seed 0 where it is 0.5 above.
+    cells = {0: {("gaussian_2", "sei"): cell("sei", [30.0, 30.0, 30.0]),
+                 ("gaussian_2", "supervised_aug"): cell("supervised_aug", [32.0, 32.0, 32.0]),
+                 ("gaussian_2", "sure"): cell("sure", [30.5, 29.0, 29.0])},
+             1: {("gaussian_2", "sei"): cell("sei", [34.0, 34.0, 34.0]),
+                 ("gaussian_2", "sure"): cell("sure", [33.0, 33.0, 33.0])},
+             2: {("gaussian_2", "sei"): cell("sei", [34.0, 34.0, 34.0]),
+                 ("gaussian_2", "sure"): cell("sure", [33.0, 33.0, 33.0])}}
+    tasks = {"gaussian_2": {"label": "G2", "methods": ("supervised", "supervised_aug", "sure", "sei")}}
+    rows = {m: qs.method_row(cells, "gaussian_2", m) for m in ("sei", "supervised_aug", "sure")}
+    rows = {("gaussian_2", m): r for m, r in rows.items()}
+    pairs = {("gaussian_2", m): qs.paired_with_sei(cells, "gaussian_2", m) for m in ("supervised_aug", "sure")}
+    bars = {name: (verdict, detail) for name, verdict, detail in qs.bars(rows, pairs, tasks)}
+    # Means over different seeds would give a gap of 32 - 32.67 < 0; on seed 0 it is +2.00 > 1.5.
+    verdict, detail = bars["G2: SEI within 1.5 dB of the better supervised row"]
+    assert verdict == "NOT met (so far)" and "minus SEI +2.00 dB over seed 0" in detail
+    # SURE, per image and averaged over seeds 0-2: a: (-0.5+1+1)/3 = 0.5, b and c: 1.0.
+    verdict, detail = bars["G2: SEI best self-supervised (95% interval vs runner-up excludes 0)"]
+    mean, low, high = qs.paired_interval([0.5, 1.0, 1.0])
+    assert f"SEI {mean:+.2f} dB [{low:+.2f}, {high:+.2f}] over seeds 0, 1, 2" in detail
+    assert verdict.startswith("met" if low > 0 else "NOT met")
+
+
 def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     import compare_cell_sets as cc
 
