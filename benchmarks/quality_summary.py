@@ -115,13 +115,12 @@ def bars(rows, pairs, tasks):
     out = []
     for t in tasks:
         label = tasks[t]["label"]
-        sei = rows.get((t, "sei"))
-        others = {m: rows.get((t, m)) for m in SELF_SUPERVISED if m in tasks[t]["methods"] and m != "sei"}
-        done = [m for m, r in others.items() if r is not None and (t, m) in pairs]
-        missing = [m for m, r in others.items() if r is None]
+        others = [m for m in SELF_SUPERVISED if m in tasks[t]["methods"] and m != "sei"]
+        done = [m for m in others if (t, m) in pairs]  # a pair exists only where SEI finished too
+        missing = [m for m in others if (t, m) not in rows]
         name = f"{label}: SEI best self-supervised" + (" (95% interval vs runner-up excludes 0)"
                                                          if t in CI_BAR_TASKS else "")
-        if sei is None or not done:
+        if not done:
             out.append((name, "not run yet", ""))
         else:
             runner = min(done, key=lambda m: pairs[(t, m)][0])
@@ -135,7 +134,7 @@ def bars(rows, pairs, tasks):
         if family:
             name = f"{label}: SEI within {GAP_BARS[family]} dB of the better supervised row"
             sup = [m for m in SUPERVISED if (t, m) in pairs]
-            if sei is None or not sup:
+            if not sup:
                 out.append((name, "not run yet", ""))
             else:
                 best = min(sup, key=lambda m: pairs[(t, m)][0])
