@@ -456,3 +456,52 @@ def test_learning_rate_choice_per_method_and_family(quality):
     (sup,) = [r for r in rows if r["method"] == "supervised"]
     assert sup["seeds"] == 2 and sup["val_psnr"] == pytest.approx(36.6)
     assert all(r["at_grid_edge"] for r in rows if r["method"] == "sei" and r["family"] == "deblur")
+
+
+def test_extra_test_images_score_the_saved_cells(quality, tiny_photos, tmp_path):
+    """extra_test_images.py: the saved models scored on the extra photographs, paired with SEI per image."""
+    import extra_test_images as extra
+    from quality_summary import paired_interval
+    from sei_tf import data, evaluate, loading
+
+    args = [f"--ground_truth_dir={tiny_photos}", *TINY, "--tasks=sr_x2", "--methods=supervised,sei"]
+    _run(quality, args, tmp_path)
+    flags = quality.FLAGS
+    flags.unparse_flags()
+    flags(["extra_test_images.py", f"--results_dir={tmp_path / 'extra'}", f"--cache_dir={tmp_path / 'cache'}",
+           *args])
+    try:
+        assert extra.main([]) == 0
+        cells = _cell_dir(tmp_path)
+        # The scores live in a subfolder: the benchmark's own cells are unchanged.
+        assert set(quality.load_cells(str(cells))) == {("sr_x2", m) for m in ("baseline", "supervised", "sei")}
+        scores = {m: json.load(open(cells / "extra_test_images" / f"sr_x2__{m}.json")) for m in ("supervised", "sei")}
+        mtimes = {p: p.stat().st_mtime_ns for p in (cells / "extra_test_images").iterdir()}
+        assert extra.main([]) == 0  # a rerun reads the cached scores
+        assert {p: p.stat().st_mtime_ns for p in (cells / "extra_test_images").iterdir()} == mtimes
+    finally:
+        flags.unparse_flags()
+    names = list(extra.EXTRA_TEST_NAMES)
+    assert scores["sei"]["names"] == names and len(scores["sei"]["psnr"]) == len(names)
+
+    # Against the library: the SEI model restores the extra photographs simulated like the test ones.
+    out = tmp_path / "sim"
+    data.sample_ground_truth(str(tmp_path / "src"), names=names)
+    data.simulate([str(tmp_path / "src" / f"{n}.png") for n in names], str(out), quality.make_physics("sr_x2"),
+                  shorter_side=48, seed=0, overwrite=True, progress=False, channels=3)
+    pairs = [(n, data.read_image(str(out / data.MEASUREMENTS_DIR / f"{n}.tif")),
+              data.read_image(str(out / data.GROUND_TRUTH_DIR / f"{n}.png"))) for n in names]
+    rows = evaluate.evaluate(loading.load_model(str(cells / "sr_x2__sei.keras")), pairs)
+    assert [r["psnr"] for r in rows if r["method"] == "model"] == pytest.approx(scores["sei"]["psnr"], abs=1e-4)
+
+    # SEI minus supervised: per extra image, then the test photograph (coffee) first in "all".
+    report = json.load(open(tmp_path / "extra" / "extra_test_images.json"))
+    (row,) = [r for r in report["rows"] if r["method"] == "supervised"]
+    d_extra = [a - b for a, b in zip(scores["sei"]["psnr"], scores["supervised"]["psnr"])]
+    summary = json.load(open(tmp_path / "results" / "quality.json"))
+    cell = {c["method"]: c for c in summary["cells"]}
+    d_test = [cell["sei"]["psnr"][0] - cell["supervised"]["psnr"][0]]
+    assert row["extra"] == pytest.approx(list(paired_interval(d_extra)))
+    assert row["all"] == pytest.approx(list(paired_interval(d_test + d_extra)))
+    assert row["num_all"] == 1 + len(names)
+    assert "Supervised" in open(tmp_path / "extra" / "extra_test_images.md").read()

@@ -9,7 +9,8 @@ from sei_tf.data.files import DataError, write_image
 
 SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right",
                 "immunohistochemistry", "hubble_deep_field", "retina")
-GREY_SAMPLE_NAMES = ("camera", "brick", "grass", "gravel")
+# Greyscale photographs bundled in the wheel with a shorter side of at least 256 px.
+GREY_SAMPLE_NAMES = ("camera", "brick", "grass", "gravel", "moon", "coins", "clock", "cell")
 
 
 def _sample(name):
@@ -29,7 +30,7 @@ def sample_ground_truth(output_dir, names=None):
       output_dir: folder to write to (created; existing files of the same names
         are replaced).
       names: photograph names; default `SAMPLE_NAMES` (colour). The greyscale
-        textures `GREY_SAMPLE_NAMES` are available too.
+        photographs `GREY_SAMPLE_NAMES` are available too.
 
     Returns:
       The list of written paths.
