@@ -101,6 +101,18 @@ def test_window_partition_roundtrip():
     np.testing.assert_array_equal(sw.window_reverse(win, 4, 8, 12).numpy(), x.numpy())
 
 
+@pytest.mark.parametrize("shift", [-3, 2])
+def test_cyclic_shift_is_numpy_roll_and_its_gradient_rolls_back(shift):
+    x = tf.constant(_img((2, 8, 12, 3)))
+    np.testing.assert_array_equal(sw._roll_hw(x, shift).numpy(), np.roll(x.numpy(), shift, axis=(1, 2)))
+    w = tf.constant(_img((2, 8, 12, 3), seed=1))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(sw._roll_hw(x, shift) * w)
+    # d/dx sum(roll(x) * w) = roll(w) the other way.
+    np.testing.assert_allclose(tape.gradient(loss, x).numpy(), np.roll(w.numpy(), -shift, axis=(1, 2)))
+
+
 def test_relative_position_index():
     idx = sw.relative_position_index(3)
     assert idx.shape == (9, 9)
