@@ -101,7 +101,7 @@ def compare(scores, protocol, tasks):
         for method in [m for m in quality.ALL_METHODS if m != "sei"] + ["baseline"]:
             seeds = sorted(s for t, m, s in scores if (t, m) == (task, "sei") and
                            ((task, method, s) in scores or method == "baseline"))
-            if not seeds or (method != "baseline" and not any((task, method, s) in scores for s in seeds)):
+            if not seeds:
                 continue
             sei = [scores[task, "sei", s] for s in seeds]
             if method == "baseline":
