@@ -13,7 +13,6 @@ round in one process, so machine load affects them alike; all give the same outp
 """
 
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from benchmarks.machine import cpu_description  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("threads", 1, "TensorFlow intra-op threads (0: TensorFlow's default).")
@@ -44,14 +45,6 @@ def indexed_qkv(qkv, n, heads, head_dim):
     """q, k, v as taken before: three strided slices of the transposed qkv tensor."""
     qkv = tf.transpose(tf.reshape(qkv, [-1, n, 3, heads, head_dim]), [2, 0, 3, 1, 4])
     return qkv[0], qkv[1], qkv[2]
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main(argv):
@@ -98,7 +91,7 @@ def main(argv):
     best = {n: min(t) for n, t in times.items()}  # the least disturbed round, on a shared machine
     base, base_best = med["before (both)"], best["before (both)"]
     lines = ["# SwinIR's training speed on CPU: the current code against the pieces it replaced", "",
-             f"`benchmarks/swinir_backward.py`. CPU: {cpu_name()} ({os.cpu_count()} logical cores), "
+             f"`benchmarks/swinir_backward.py`. CPU: {cpu_description()}, "
              f"{FLAGS.threads or 'default'} TensorFlow thread(s), TensorFlow {tf.__version__}. swinir_light, "
              "bfloat16, SR x2, batch 8 of 48x48 measurements: one restorer forward + backward, median and "
              f"fastest of {FLAGS.rounds} rounds, the variants alternating. Same output for all: {same}.", "",
