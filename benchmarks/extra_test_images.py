@@ -39,7 +39,7 @@ for _path in (ROOT, HERE):
 
 import quality  # noqa: E402  (its flags name the cell sets)
 from quality_report import METHOD_LABELS, SELF_SUPERVISED  # noqa: E402
-from quality_summary import paired_interval, per_image_difference  # noqa: E402
+from quality_summary import _mean, paired_interval, per_image_difference  # noqa: E402
 
 from sei_tf.data.samples import GREY_SAMPLE_NAMES  # noqa: E402
 
@@ -85,10 +85,6 @@ def score_cell(cell_dir, task, method, cell, images):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     quality._write_json(path, out)
     return out
-
-
-def _mean(v):
-    return sum(v) / len(v)
 
 
 def compare(scores, protocol, tasks):
