@@ -50,6 +50,7 @@ for _path in (ROOT, HERE):
         sys.path.insert(0, _path)
 
 import quality_report  # noqa: E402
+from quality_summary import CI_BAR_TASKS  # noqa: E402
 
 # ------------------------------------------------------------------------------------
 # Fixed protocol
@@ -80,11 +81,17 @@ CNN_INIT_BEFORE_OPTION = "glorot_uniform"
 # Method (cell) key -> objective preset of sei_tf.objectives. The keys name the cached
 # cell files and the rows of the results, so they stay as they were.
 METHODS = {"supervised": "supervised", "supervised_aug": "supervised_scale", "css": "css", "sure": "sure",
-           "ei_shift": "ei_shift", "ei_rotate": "ei_rotate", "sei": "sei", "sei_nostop": "sei_no_stop_gradient"}
+           "ei_shift": "ei_shift", "ei_rotate": "ei_rotate", "sei": "sei", "sei_nostop": "sei_no_stop_gradient",
+           "ei_rotate_nearest": "ei_rotate_nearest"}
 ALL_METHODS = tuple(METHODS)
 CORE_METHODS = ("supervised", "supervised_aug", "sure", "sei")
-# Every method on every task: "SEI is the best self-supervised method" is a claim about each task.
-METHODS_PER_TASK = {t: ALL_METHODS for t in TASKS}
+# Variants that check a baseline against the reference's version of it, on the interval-bar tasks only.
+REFERENCE_VARIANTS = ("ei_rotate_nearest",)
+# Every other method on every task: "SEI is the best self-supervised method" is a claim about each task.
+METHODS_PER_TASK = {t: tuple(m for m in ALL_METHODS if m not in REFERENCE_VARIANTS or t in CI_BAR_TASKS)
+                    for t in TASKS}
+# A variant without a learning rate of its own trains at its parent's (cfg["learning_rates"]).
+RATE_PARENT = {"ei_rotate_nearest": "ei_rotate"}
 # Training photographs held out to choose learning rates (--split validation); the same as init_choice.py's.
 VALIDATION_NAMES = ("chelsea", "rocket", "Garden", "Wood")
 # Order in which cells run: the most informative first.
@@ -249,10 +256,13 @@ def task_family(task_key):
 
 
 def learning_rate(cfg, method, task_key):
-    """The Adam learning rate of a method: its chosen one (cfg["learning_rates"]) or the task family's default."""
+    """The Adam learning rate of a method: its chosen one (cfg["learning_rates"], else its
+    RATE_PARENT's) or the task family's default."""
     family = task_family(task_key)
     default = cfg["lr_sr"] if family == "sr" else cfg["lr_deblur"]
-    return cfg.get("learning_rates", {}).get(method, {}).get(family, default)
+    rates = cfg.get("learning_rates", {})
+    chosen = rates.get(method, rates.get(RATE_PARENT.get(method), {}))
+    return chosen.get(family, default)
 
 
 def seed_config(cfg, seed):

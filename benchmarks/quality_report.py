@@ -25,9 +25,9 @@ import os
 
 METHOD_LABELS = {"supervised": "Supervised", "supervised_aug": "Supervised + SEI's augmentation", "css": "CSS", "sure": "SURE", "ei_shift": "EI (shift)",
                  "ei_rotate": "EI (rotate)", "sei": "SEI", "sei_nostop": "SEI, no stop-gradient",
-                 "baseline": "Non-learned baseline"}
+                 "ei_rotate_nearest": "EI (rotate, nearest)", "baseline": "Non-learned baseline"}
 # Methods that learn from measurements alone (the bar "SEI best self-supervised" compares them).
-SELF_SUPERVISED = ("css", "sure", "ei_shift", "ei_rotate", "sei", "sei_nostop")
+SELF_SUPERVISED = ("css", "sure", "ei_shift", "ei_rotate", "ei_rotate_nearest", "sei", "sei_nostop")
 # The authors' published PSNR (dB), noise 5/255, DIV2K validation, SwinIR, GPU budget.
 PAPER_PSNR = {
     "sr_x2": {"supervised": 29.2, "sei": 29.1, "baseline": 27.4},
@@ -39,7 +39,7 @@ GAP_BARS = {"sr_x2": 0.3, "sr_x4": 0.5, "gaussian_2": 1.5}
 VISUAL_NAME = "astronaut"  # the test image shown in visual.png (centre crop)
 SPECTRA_TASKS = ("sr_x2", "gaussian_2")  # the tasks of spectra.png (else the first one shown)
 COLORS = {"supervised": "k", "supervised_aug": "tab:gray", "css": "tab:purple", "sure": "tab:orange", "ei_shift": "tab:olive",
-          "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink"}
+          "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink", "ei_rotate_nearest": "tab:blue"}
 
 
 def per_method_rates(rates):

@@ -20,8 +20,8 @@ import keras
 from sei_tf import losses, transforms, unsure
 from sei_tf.errors import SeiTfError
 
-PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_rotate", "css", "supervised",
-           "supervised_scale")
+PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_rotate", "ei_rotate_nearest", "css",
+           "supervised", "supervised_scale")
 
 
 def preset(name, alpha=1.0, stop_gradient=True, tau=losses.DEFAULT_TAU, scale_factors=(0.75, 0.5), scale_kind="padded",
@@ -35,6 +35,8 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=losses.DEFAULT_TAU, scale_fa
       the learned variance: the physics' noise level is not used;
     - "sure": SURE alone;
     - "ei_shift", "ei_rotate": SURE + alpha * equivariance to shifts / rotations;
+    - "ei_rotate_nearest": "ei_rotate" with nearest-neighbour rotations (bilinear in
+      "ei_rotate"), the variant the reference's EI baseline used;
     - "css": the measurement as target of its own re-degraded copy;
     - "supervised": MSE against ground truth;
     - "supervised_scale": MSE against ground truth, plus the same on measurements
@@ -60,7 +62,10 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=losses.DEFAULT_TAU, scale_fa
         equivariance_name = "seq"
         stop_gradient = stop_gradient and name != "sei_no_stop_gradient"
     else:
-        transform = transforms.Shift() if name == "ei_shift" else transforms.Rotate()
+        if name == "ei_shift":
+            transform = transforms.Shift()
+        else:
+            transform = transforms.Rotate("nearest" if name == "ei_rotate_nearest" else "bilinear")
         equivariance_name = "ei"
     if name == "sei_unsure":
         return [sure, unsure.LearnedNoiseEquivariance(transform, stop_gradient, source=sure.name,

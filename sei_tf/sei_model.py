@@ -5,9 +5,8 @@ an objective with a supervised term needs `(y, x)` pairs. `evaluate` on `(y, x)`
 pairs reports PSNR and SSIM with the paper's protocol.
 
 The objective is a list of loss terms (`sei_tf.objectives`, where the SEI
-equations are written out); give a preset name ("sei", "sure", "ei_shift",
-"ei_rotate", "css", "supervised", "sei_no_stop_gradient", "sei_unsure") or a list
-of terms. Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
+equations are written out); give a preset name (`objectives.PRESETS`: "sei",
+"sure", "ei_shift", "ei_rotate", "css", "supervised", ...) or a list of terms. Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
 `sei_tf.unsure`): the model tracks, saves and logs it, and takes the ascent steps
 of terms that maximise over it (`ascent_variables`, `ascend`).
 

@@ -113,8 +113,17 @@ class Shift:
 class Rotate:
     """Rotation about the image centre by a random angle in [0, 360) degrees.
 
-    Bilinear interpolation; pixels that come from outside the image are zero.
+    Pixels that come from outside the image are zero. `interpolation` is "bilinear"
+    (the default) or "nearest": nearest keeps every value a pixel of the input (no
+    smoothing) and is what the reference's EI baseline used (deepinv's `Rotate` default).
     """
+
+    INTERPOLATIONS = ("bilinear", "nearest")
+
+    def __init__(self, interpolation="bilinear"):
+        if interpolation not in self.INTERPOLATIONS:
+            raise ValueError(f"Rotate: interpolation {interpolation!r}; choose one of {', '.join(self.INTERPOLATIONS)}.")
+        self.interpolation = interpolation
 
     def __call__(self, x, seed):
         shape = tf.shape(x)
@@ -130,10 +139,10 @@ class Rotate:
              tf.zeros_like(c), tf.zeros_like(c)], axis=1)
         return tf.raw_ops.ImageProjectiveTransformV3(
             images=x, transforms=transform, output_shape=shape[1:3],
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+            fill_value=0.0, interpolation=self.interpolation.upper(), fill_mode="CONSTANT")
 
     def get_config(self):
-        return {}
+        return {"interpolation": self.interpolation}
 
     @classmethod
     def from_config(cls, config):

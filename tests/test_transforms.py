@@ -104,3 +104,26 @@ def test_dihedral_gives_the_eight_distinct_symmetries_of_the_square():
     assert len(images) == 8
     np.testing.assert_array_equal(transforms.dihedral(x, 0).numpy(), x.numpy())
     np.testing.assert_array_equal(transforms.dihedral(x, 4).numpy(), x.numpy()[:, :, ::-1])
+
+
+def test_nearest_rotation_only_moves_pixels_and_round_trips_its_config():
+    x = np.random.default_rng(3).random((4, 20, 16, 3)).astype(np.float32)
+    nearest = transforms.Rotate("nearest")(tf.constant(x), tf.constant([2, 9])).numpy()
+    bilinear = transforms.Rotate()(tf.constant(x), tf.constant([2, 9])).numpy()
+    for i in range(4):
+        values = set(x[i].ravel().tolist()) | {0.0}
+        assert set(nearest[i].ravel().tolist()) <= values, "nearest rotation must not blend pixels"
+    assert not set(bilinear.ravel().tolist()) <= set(x.ravel().tolist()) | {0.0}, "bilinear blends pixels"
+    rebuilt = transforms.Rotate.from_config(transforms.Rotate("nearest").get_config())
+    assert rebuilt.interpolation == "nearest"
+    assert transforms.Rotate.from_config({}).interpolation == "bilinear"  # configs saved before the option
+    with pytest.raises(ValueError, match="interpolation"):
+        transforms.Rotate("bicubic")
+
+
+def test_the_ei_rotate_presets_differ_only_in_interpolation():
+    from sei_tf import objectives
+
+    bilinear, nearest = objectives.preset("ei_rotate"), objectives.preset("ei_rotate_nearest")
+    assert [type(t) for t in bilinear] == [type(t) for t in nearest]
+    assert (bilinear[1].transform.interpolation, nearest[1].transform.interpolation) == ("bilinear", "nearest")
