@@ -90,8 +90,6 @@ REFERENCE_VARIANTS = ("ei_rotate_nearest",)
 # Every other method on every task: "SEI is the best self-supervised method" is a claim about each task.
 METHODS_PER_TASK = {t: tuple(m for m in ALL_METHODS if m not in REFERENCE_VARIANTS or t in CI_BAR_TASKS)
                     for t in TASKS}
-# A variant without a learning rate of its own trains at its parent's (cfg["learning_rates"]).
-RATE_PARENT = {"ei_rotate_nearest": "ei_rotate"}
 # Training photographs held out to choose learning rates (--split validation); the same as init_choice.py's.
 VALIDATION_NAMES = ("chelsea", "rocket", "Garden", "Wood")
 # Order in which cells run: the most informative first.
@@ -257,11 +255,11 @@ def task_family(task_key):
 
 def learning_rate(cfg, method, task_key):
     """The Adam learning rate of a method: its chosen one (cfg["learning_rates"], else its
-    RATE_PARENT's) or the task family's default."""
+    parent's, quality_report.RATE_PARENT) or the task family's default."""
     family = task_family(task_key)
     default = cfg["lr_sr"] if family == "sr" else cfg["lr_deblur"]
     rates = cfg.get("learning_rates", {})
-    chosen = rates.get(method, rates.get(RATE_PARENT.get(method), {}))
+    chosen = rates.get(method, rates.get(quality_report.RATE_PARENT.get(method), {}))
     return chosen.get(family, default)
 
 

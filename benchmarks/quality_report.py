@@ -42,10 +42,18 @@ COLORS = {"supervised": "k", "supervised_aug": "tab:gray", "css": "tab:purple", 
           "ei_rotate": "tab:cyan", "sei": "tab:red", "sei_nostop": "tab:pink", "ei_rotate_nearest": "tab:blue"}
 
 
+# A variant without a learning rate of its own trains at its parent's (quality.learning_rate).
+RATE_PARENT = {"ei_rotate_nearest": "ei_rotate"}
+
+
 def per_method_rates(rates):
-    """"SEI 0.001 (SR) / 0.001 (blur), ...": each method's chosen learning rates (--learning_rates)."""
-    return ", ".join(f"{METHOD_LABELS[m]} {v.get('sr', '-')} (SR) / {v.get('deblur', '-')} (blur)"
+    """"SEI 0.001 (SR) / 0.001 (blur), ...": each method's chosen learning rates (--learning_rates),
+    then the variants that take their parent's."""
+    text = ", ".join(f"{METHOD_LABELS[m]} {v.get('sr', '-')} (SR) / {v.get('deblur', '-')} (blur)"
                      for m, v in rates.items())
+    inherited = [f"{METHOD_LABELS[m]} at {METHOD_LABELS[p]}'s" for m, p in RATE_PARENT.items()
+                 if m not in rates and p in rates]
+    return text + "".join(f", {t}" for t in inherited)
 
 
 def tau_text(cfg):
