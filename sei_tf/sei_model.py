@@ -6,7 +6,8 @@ pairs reports PSNR and SSIM with the paper's protocol.
 
 The objective is a list of loss terms (`sei_tf.objectives`, where the SEI
 equations are written out); give a preset name (`objectives.PRESETS`: "sei",
-"sure", "ei_shift", "ei_rotate", "css", "supervised", ...) or a list of terms. Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
+"sure", "ei_shift", "ei_rotate", "css", "supervised", ...) or a list of terms.
+Terms may hold state (`variables`, e.g. UNSURE's learned noise variance,
 `sei_tf.unsure`): the model tracks, saves and logs it, and takes the ascent steps
 of terms that maximise over it (`ascent_variables`, `ascend`).
 

@@ -308,6 +308,17 @@ def test_report_marks_unfinished_and_missing_cells(quality_report, tmp_path):
     assert "SEI minus it" in md and "-0.50 ± 0.00 (SEI higher on 0/2)" in md
 
 
+def test_a_variant_trains_at_its_parents_learning_rate(quality, quality_report):
+    cfg = {"lr_sr": 5e-4, "lr_deblur": 5e-4, "learning_rates": {"ei_rotate": {"sr": 2e-3, "deblur": 3e-3}}}
+    assert quality.learning_rate(cfg, "ei_rotate_nearest", "sr_x2") == 2e-3
+    assert quality.learning_rate(cfg, "ei_rotate_nearest", "gaussian_2") == 3e-3
+    assert quality.learning_rate(cfg, "ei_shift", "sr_x2") == 5e-4  # no parent: the family's default
+    own = {**cfg["learning_rates"], "ei_rotate_nearest": {"sr": 1e-4}}
+    assert quality.learning_rate({**cfg, "learning_rates": own}, "ei_rotate_nearest", "sr_x2") == 1e-4
+    assert quality_report.per_method_rates(cfg["learning_rates"]).endswith(", EI (rotate, nearest) at EI (rotate)'s")
+    assert "at EI (rotate)'s" not in quality_report.per_method_rates(own)  # it has its own
+
+
 def test_seeds_split_and_learning_rates(quality, tiny_photos, tmp_path):
     """Two seeds (one report each plus the summary), a learning rate per method, the validation split."""
     lrs = tmp_path / "lrs.json"
