@@ -26,6 +26,7 @@ when the cell is retrained.
 import json
 import os
 import sys
+from statistics import fmean
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,7 +40,7 @@ for _path in (ROOT, HERE):
 
 import quality  # noqa: E402  (its flags name the cell sets)
 from quality_report import METHOD_LABELS, SELF_SUPERVISED  # noqa: E402
-from quality_summary import _mean, paired_interval, per_image_difference  # noqa: E402
+from quality_summary import paired_interval, per_image_difference  # noqa: E402
 
 from sei_tf.data.samples import GREY_SAMPLE_NAMES  # noqa: E402
 
@@ -109,8 +110,8 @@ def compare(scores, protocol, tasks):
             extra = per_image_difference(list(zip(sei, other)))
             both = per_image_difference(list(zip([protocol[task, "sei", s] for s in seeds], other_protocol))) + extra
             rows.append({"task": task, "method": method, "seeds": seeds,
-                         "psnr_extra": _mean([_mean(c["psnr"]) for c in other]),
-                         "sei_psnr_extra": _mean([_mean(c["psnr"]) for c in sei]),
+                         "psnr_extra": fmean(fmean(c["psnr"]) for c in other),
+                         "sei_psnr_extra": fmean(fmean(c["psnr"]) for c in sei),
                          "extra": paired_interval(extra), "all": paired_interval(both), "num_all": len(both),
                          "per_image_extra": extra})
     return rows

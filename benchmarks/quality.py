@@ -50,7 +50,7 @@ for _path in (ROOT, HERE):
         sys.path.insert(0, _path)
 
 import quality_report  # noqa: E402
-from quality_summary import CI_BAR_TASKS  # noqa: E402
+import quality_summary  # noqa: E402
 
 # ------------------------------------------------------------------------------------
 # Fixed protocol
@@ -88,7 +88,7 @@ CORE_METHODS = ("supervised", "supervised_aug", "sure", "sei")
 # Variants that check a baseline against the reference's version of it, on the interval-bar tasks only.
 REFERENCE_VARIANTS = ("ei_rotate_nearest",)
 # Every other method on every task: "SEI is the best self-supervised method" is a claim about each task.
-METHODS_PER_TASK = {t: tuple(m for m in ALL_METHODS if m not in REFERENCE_VARIANTS or t in CI_BAR_TASKS)
+METHODS_PER_TASK = {t: tuple(m for m in ALL_METHODS if m not in REFERENCE_VARIANTS or t in quality_summary.CI_BAR_TASKS)
                     for t in TASKS}
 # Training photographs held out to choose learning rates (--split validation); the same as init_choice.py's.
 VALIDATION_NAMES = ("chelsea", "rocket", "Garden", "Wood")
@@ -724,7 +724,6 @@ def main(argv):
     for seed in seeds:
         cell_dirs[seed] = run_seed(seed_config(cfg, seed), sources, test, data_cfg, tasks, methods,
                                    os.path.join(FLAGS.results_dir, f"seed{seed}"))
-    import quality_summary
 
     summary_tasks = [t for t in TASKS if any(k[0] == t for d in cell_dirs.values() for k in load_cells(d))]
     quality_summary.write_summary(

@@ -271,8 +271,9 @@ def test_report_reproduces_committed_tables(quality, quality_report, folder, tmp
     # The method lists of these tables: before the supervised_aug and EI (rotate, nearest) rows existed,
     # and when CSS, the EI rows and the no-stop-gradient ablation were rows of SR x2 and Gaussian s2 only.
     for t, info in tasks.items():
-        info["methods"] = tuple(m for m in info["methods"] if m != "supervised_aug" and (
-            m not in quality.REFERENCE_VARIANTS) and (t in ("sr_x2", "gaussian_2") or m in quality.CORE_METHODS))
+        info["methods"] = tuple(m for m in info["methods"]
+                                if m != "supervised_aug" and m not in quality.REFERENCE_VARIANTS
+                                and (t in ("sr_x2", "gaussian_2") or m in quality.CORE_METHODS))
     quality_report.write_report(str(tmp_path), cells, {}, committed["config"], tasks, committed["cell_set"],
                                 quality.DEFAULT_DATA_LABEL, {}, lambda task, method: None)
     for name in ("quality.md", "quality.csv", "quality.json"):
