@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags  # noqa: E402
 
 from quality_report import METHOD_LABELS  # noqa: E402
-from quality_summary import paired_interval, per_image_difference  # noqa: E402
+from quality_summary import load_summary_cells, paired_interval, per_image_difference  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("a", None, "quality.json (several seeds) of the reference configuration.")
@@ -37,23 +37,6 @@ flags.DEFINE_string("b", None, "quality.json (several seeds) of the configuratio
 flags.DEFINE_string("a_label", "A", "Name of configuration A in the table.")
 flags.DEFINE_string("b_label", "B", "Name of configuration B in the table.")
 flags.DEFINE_string("out", None, "Markdown file to write (default: compare.md next to --b).")
-
-
-def load_cells(path):
-    """{(task, method, seed): cell} of the finished learned cells in a summary quality.json."""
-    try:
-        with open(path) as f:
-            summary = json.load(f)
-    except (OSError, ValueError) as e:
-        raise app.UsageError(f"{path}: {e}")
-    if not isinstance(summary.get("cells"), dict):
-        raise app.UsageError(f"{path}: no per-seed cells; give the summary quality.json of a run over --seeds.")
-    cells = {(c["task"], c["method"], int(seed)): c
-             for seed, cells in summary["cells"].items() for c in cells
-             if c.get("method") != "baseline" and c.get("psnr_mean") is not None}
-    # In the order of the summary's table (task by task), where it has one.
-    order = {(r["task"], r["method"]): i for i, r in enumerate(summary.get("rows", []))}
-    return dict(sorted(cells.items(), key=lambda kv: (order.get(kv[0][:2], len(order)), kv[0][2])))
 
 
 def compare(cells_a, cells_b):
@@ -95,7 +78,10 @@ def main(argv):
     del argv
     if not FLAGS.a or not FLAGS.b:
         raise app.UsageError("give both --a and --b.")
-    rows = compare(load_cells(FLAGS.a), load_cells(FLAGS.b))
+    try:
+        rows = compare(load_summary_cells(FLAGS.a), load_summary_cells(FLAGS.b))
+    except ValueError as e:
+        raise app.UsageError(str(e))
     if not rows:
         raise app.UsageError(f"{FLAGS.a} and {FLAGS.b} have no (task, method, seed) cell in common.")
     lines = [f"# {FLAGS.b_label} against {FLAGS.a_label}", "",

@@ -33,6 +33,23 @@ SUPERVISED = ("supervised", "supervised_aug")
 FLAT_DB = 0.05  # "flattened": less than this gained over the last quarter of the steps
 
 
+def load_summary_cells(path):
+    """{(task, method, seed): cell} of the finished learned cells in a summary quality.json."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+    if not isinstance(summary.get("cells"), dict):
+        raise ValueError(f"{path}: no per-seed cells; give the summary quality.json of a run over --seeds.")
+    cells = {(c["task"], c["method"], int(seed)): c
+             for seed, cells in summary["cells"].items() for c in cells
+             if c.get("method") != "baseline" and c.get("psnr_mean") is not None}
+    # In the order of the summary's table (task by task), where it has one.
+    order = {(r["task"], r["method"]): i for i, r in enumerate(summary.get("rows", []))}
+    return dict(sorted(cells.items(), key=lambda kv: (order.get(kv[0][:2], len(order)), kv[0][2])))
+
+
 def t_quantile_975(df):
     """The 0.975 quantile of Student's t with `df` degrees of freedom."""
     from scipy import stats

@@ -440,7 +440,7 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
                                       2: [cell("sei", [28.0, 28.0, 28.0])]})
     b = summary(tmp_path / "b.json", {0: [cell("sei", [31.0, 31.0, 33.0])],
                                       1: [cell("sei", [30.0, 31.0, 32.0])]})
-    rows = cc.compare(cc.load_cells(a), cc.load_cells(b))
+    rows = cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b))
     assert [(r["task"], r["method"], r["seeds"]) for r in rows] == [("sr_x2", "sei", [0, 1])]  # seed 2, SURE: A only
     r = rows[0]
     # Per image, B - A averaged over seeds 0 and 1: (1+0)/2, (0+1)/2, (1+2)/2.
@@ -451,7 +451,47 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     # Cells tested on other images are not compared.
     other = summary(tmp_path / "c.json", {0: [cell("sei", [30.0, 31.0, 32.0], names=("a", "b", "d"))]})
     with pytest.raises(ValueError, match="different images"):
-        cc.compare(cc.load_cells(a), cc.load_cells(other))
+        cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(other))
+
+
+def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_path):
+    import budgets
+
+    def cell(method, steps, psnr, curve_end):
+        # A curve at 0, 3/4 and all of the steps, ending at the cell's PSNR.
+        return {"task": "gaussian_2", "method": method, "steps": steps, "psnr_mean": psnr, "psnr": [psnr],
+                "test_names": ["a"], "curve": [[0, 28.0, 0.8], [3 * steps // 4, psnr - curve_end, 0.9],
+                                               [steps, psnr, 0.9]]}
+
+    def summary(name, cells_by_seed):
+        path = tmp_path / name
+        path.write_text(json.dumps({"cells": {str(s): c for s, c in cells_by_seed.items()}}))
+        return str(path)
+
+    short = summary("1000.json", {0: [cell("supervised", 1000, 31.0, 0.4), cell("sure", 1000, 28.5, 0.0)],
+                                  1: [cell("supervised", 1000, 31.2, 0.2)],
+                                  2: [cell("supervised", 1000, 35.0, 0.1)]})
+    long = summary("4000.json", {0: [cell("supervised", 4000, 31.1, 0.1), cell("sure", 4000, 27.0, -1.0)],
+                                 1: [cell("supervised", 4000, 31.5, 0.3)]})
+    rows = budgets.budget_rows([budgets.load_budget(long), budgets.load_budget(short)])
+    sup = [r for r in rows if r["method"] == "supervised"]
+    assert [r["steps"] for r in sup] == [1000, 4000]
+    first, second = sup
+    assert "gain" not in first and first["psnr_mean"] == pytest.approx((31.0 + 31.2 + 35.0) / 3)
+    assert first["last_quarter_gain"] == pytest.approx((0.4 + 0.2 + 0.1) / 3)
+    # Gain on the seeds both budgets ran (0 and 1, not 2), over log2(4000 / 1000) = 2 doublings.
+    assert second["gain_seeds"] == [0, 1] and second["gain"] == pytest.approx((0.1 + 0.3) / 2)
+    assert second["gain_per_doubling"] == pytest.approx(0.2 / 2)
+    assert budgets.flattened(second["gain_per_doubling"]) == "no"
+    sure = [r for r in rows if r["method"] == "sure"][1]
+    assert sure["gain_per_doubling"] == pytest.approx(-1.5 / 2)
+    assert budgets.flattened(sure["gain_per_doubling"]) == "no: worse with more steps"
+    assert budgets.flattened(0.049) == "yes" and budgets.flattened(-0.049) == "yes"
+    assert budgets.budget_rows([budgets.load_budget(short)], tasks=["sr_x2"]) == []
+    # A file that mixes budgets is refused.
+    mixed = summary("mixed.json", {0: [cell("supervised", 1000, 31.0, 0.1)], 1: [cell("supervised", 4000, 31.0, 0.1)]})
+    with pytest.raises(ValueError, match="several budgets"):
+        budgets.load_budget(mixed)
 
 
 def test_learning_rate_choice_per_method_and_family(quality):
