@@ -6,7 +6,8 @@ benchmarks/results/budget_10000/quality.json,benchmarks/results/budget_20000/qua
         --table benchmarks/results/budgets.md
 
 Each --runs file is the summary quality.json of one budget, written by
-benchmarks/quality.py over --seeds (every cell in it trained the same number of steps).
+benchmarks/quality.py over --seeds (every cell in it trained the same number of steps);
+files of the same budget are merged (they must not hold the same task, method and seed).
 Every budget runs the whole schedule: constant learning rate for half the steps, then a
 linear decay to 0.01x. So the last quarter of one learning curve mixes more training with
 the annealing of the decay, and "gained < 0.05 dB over the last quarter" can fail however
@@ -41,7 +42,7 @@ from quality_report import COLORS, METHOD_LABELS  # noqa: E402
 from quality_summary import FLAT_DB, last_quarter_gain, load_summary_cells  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", None, "Summary quality.json files, one per budget (any order).")
+flags.DEFINE_list("runs", None, "Summary quality.json files (any order; several of one budget are merged).")
 flags.DEFINE_list("show_tasks", None, "Tasks to show (default: every task of the runs).")
 flags.DEFINE_list("plot_methods", None, "Methods drawn in budgets.png (default: all; the table has all).")
 flags.DEFINE_string("table", None, "Markdown file to write; .json and budgets.png go beside it.")
@@ -54,6 +55,17 @@ def load_budget(path):
     if len(steps) != 1:
         raise ValueError(f"{path}: cells of several budgets ({sorted(steps)}); give one budget per file.")
     return steps.pop(), cells
+
+
+def merge_budgets(budgets):
+    """[(steps, cells)] with the files of one budget merged (e.g. one file per task); a cell twice is an error."""
+    merged = {}
+    for steps, cells in budgets:
+        twice = set(cells) & set(merged.get(steps, {}))
+        if twice:
+            raise ValueError(f"{steps} steps: {sorted(twice)[0]} is in two --runs files.")
+        merged.setdefault(steps, {}).update(cells)
+    return list(merged.items())
 
 
 def budget_rows(budgets, tasks=None):
@@ -143,13 +155,12 @@ def figure(rows, path):
 def main(argv):
     del argv
     if not FLAGS.runs or not FLAGS.table:
-        raise app.UsageError("give --runs (one summary quality.json per budget) and --table.")
+        raise app.UsageError("give --runs (summary quality.json files) and --table.")
     try:
         budgets = [load_budget(p) for p in FLAGS.runs]
+        budgets = merge_budgets(budgets)
     except ValueError as e:
         raise app.UsageError(str(e))
-    if len({b[0] for b in budgets}) != len(budgets):
-        raise app.UsageError("two --runs files have the same budget.")
     rows = budget_rows(budgets, FLAGS.show_tasks)
     if not rows:
         raise app.UsageError("no finished cell of the selected tasks in --runs.")

@@ -488,6 +488,13 @@ def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_
     assert budgets.flattened(sure["gain_per_doubling"]) == "no: worse with more steps"
     assert budgets.flattened(0.049) == "yes" and budgets.flattened(-0.049) == "yes"
     assert budgets.budget_rows([budgets.load_budget(short)], tasks=["sr_x2"]) == []
+    # Two files of one budget merge; the same cell in both is refused.
+    other_task = summary("1000_sr.json", {0: [{**cell("sei", 1000, 36.0, 0.1), "task": "sr_x2"}]})
+    merged = budgets.merge_budgets([budgets.load_budget(short), budgets.load_budget(other_task)])
+    assert [s for s, _ in merged] == [1000] and ("sr_x2", "sei", 0) in merged[0][1]
+    assert ("gaussian_2", "supervised", 2) in merged[0][1]
+    with pytest.raises(ValueError, match="in two --runs files"):
+        budgets.merge_budgets([budgets.load_budget(short), budgets.load_budget(short)])
     # A file that mixes budgets is refused.
     mixed = summary("mixed.json", {0: [cell("supervised", 1000, 31.0, 0.1)], 1: [cell("supervised", 4000, 31.0, 0.1)]})
     with pytest.raises(ValueError, match="several budgets"):
