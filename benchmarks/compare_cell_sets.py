@@ -20,7 +20,6 @@ over the images (quality_summary.paired_interval), in bold where it excludes 0.
 Prints the table and writes it to --out.
 """
 
-import json
 import os
 import sys
 

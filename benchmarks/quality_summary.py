@@ -2,7 +2,8 @@
 
 `benchmarks/quality.py --seeds 0,1,2` trains one cell set per seed (each with its
 own report in <results_dir>/seed<N>/) and then calls `write_summary` with every
-finished cell. This module only computes and formats:
+finished cell. This module only computes and formats (and `load_summary_cells` reads
+the cells of a written summary back, for compare_cell_sets.py and budgets.py):
 
 - PSNR / SSIM of a method: per seed, the mean over the test images; then the
   mean and the standard deviation of those over the seeds.
@@ -30,7 +31,7 @@ GAP_BARS = {"sr": 0.5, "gaussian": 1.5}
 # Tasks on which SEI's interval against the runner-up must exclude zero.
 CI_BAR_TASKS = ("sr_x2", "gaussian_2")
 SUPERVISED = ("supervised", "supervised_aug")
-FLAT_DB = 0.05  # "flattened": less than this gained over the last quarter of the steps
+FLAT_DB = 0.05  # "flattened": less than this gained over the last quarter (budgets.py: per doubling of the steps)
 
 
 def load_summary_cells(path):
