@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app, flags  # noqa: E402
 
 from quality_report import COLORS, METHOD_LABELS  # noqa: E402
-from quality_summary import FLAT_DB, last_quarter_gain, load_summary_cells  # noqa: E402
+from quality_summary import FLAT_DB, load_summary_cells, method_row  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "Summary quality.json files (any order; several of one budget are merged).")
@@ -69,35 +69,34 @@ def merge_budgets(budgets):
 
 
 def budget_rows(budgets, tasks=None):
-    """One row per (task, method, budget), budgets ascending: PSNR, seeds, last quarter, gain from the previous."""
+    """One row per (task, method, budget), budgets ascending: quality_summary.method_row (steps, PSNR per
+    seed and mean, last-quarter gain) plus the gain from the previous budget."""
     budgets = sorted(budgets, key=lambda b: b[0])
     keys = dict.fromkeys((t, m) for _, cells in budgets for t, m, _ in cells if tasks is None or t in tasks)
+    by_seed = []  # per budget: {seed: {(task, method): cell}}, what method_row reads
+    for steps, cells in budgets:
+        seeds = {}
+        for (t, m, s), c in cells.items():
+            seeds.setdefault(s, {})[t, m] = c
+        by_seed.append((steps, seeds))
     rows = []
     for task, method in keys:
         previous = None
-        for steps, cells in budgets:
-            runs = {s: c for (t, m, s), c in cells.items() if (t, m) == (task, method)}
-            if not runs:
+        for steps, cells_by_seed in by_seed:
+            row = method_row(cells_by_seed, task, method)
+            if row is None:
                 continue
-            row = {"task": task, "method": method, "steps": steps, "seeds": sorted(runs),
-                   "psnr_per_seed": [runs[s]["psnr_mean"] for s in sorted(runs)],
-                   "last_quarter_gain": _mean_finite([last_quarter_gain(c["curve"], steps) for c in runs.values()])}
-            row["psnr_mean"] = fmean(row["psnr_per_seed"])
             if previous is not None:
-                common = [s for s in row["seeds"] if s in previous["seeds"]]
+                now = dict(zip(row["seeds"], row["psnr_per_seed"]))
+                before = dict(zip(previous["seeds"], previous["psnr_per_seed"]))
+                common = [s for s in now if s in before]
                 if common:
-                    gain = fmean([runs[s]["psnr_mean"] - previous["runs"][s]["psnr_mean"] for s in common])
+                    gain = fmean(now[s] - before[s] for s in common)
                     row.update({"previous_steps": previous["steps"], "gain_seeds": common, "gain": gain,
                                 "gain_per_doubling": gain / math.log2(steps / previous["steps"])})
             rows.append(row)
-            previous = {"steps": steps, "seeds": row["seeds"], "runs": runs}
+            previous = row
     return rows
-
-
-def _mean_finite(values):
-    """Mean of the values that are not NaN (a curve that stops early has no last-quarter gain); NaN if none."""
-    values = [v for v in values if not math.isnan(v)]
-    return fmean(values) if values else float("nan")
 
 
 def flattened(per_doubling):

@@ -271,9 +271,9 @@ def write_summary(results_dir, cells_by_seed, cfg, tasks, data_label):
         L.append("")
     L += ["## Bars of issue 14", "", "| Bar | Verdict | Detail |", "|---|---|---|"]
     L += [f"| {n} | {v} | {d} |" for n, v, d in bars(rows, pairs, tasks)]
-    L += ["", "Training minutes are wall-clock on a shared 2-core CPU (two to four cells ran at once, one thread "
-          "each): "
-          "compare them loosely. The paper's numbers (SwinIR, DIV2K, GPU budget) are for orientation only.",
+    L += ["", "Training minutes are wall-clock on a shared 2-core CPU (two to four cells ran at once, one "
+          "thread each): compare them loosely. The paper's numbers (SwinIR, DIV2K, GPU budget) are for "
+          "orientation only.",
           "", "Figure: `learning_curves.png` (test PSNR against step, mean over seeds).", ""]
     with open(os.path.join(results_dir, "quality.md"), "w") as fh:
         fh.write("\n".join(L))

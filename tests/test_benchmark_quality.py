@@ -460,7 +460,7 @@ def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_
     def cell(method, steps, psnr, curve_end):
         # A curve at 0, 3/4 and all of the steps, ending at the cell's PSNR.
         return {"task": "gaussian_2", "method": method, "steps": steps, "psnr_mean": psnr, "psnr": [psnr],
-                "test_names": ["a"], "curve": [[0, 28.0, 0.8], [3 * steps // 4, psnr - curve_end, 0.9],
+                "ssim_mean": 0.9, "train_minutes": 1.0, "test_names": ["a"], "curve": [[0, 28.0, 0.8], [3 * steps // 4, psnr - curve_end, 0.9],
                                                [steps, psnr, 0.9]]}
 
     def summary(name, cells_by_seed):
@@ -472,14 +472,16 @@ def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_
                                   1: [cell("supervised", 1000, 31.2, 0.2)],
                                   2: [cell("supervised", 1000, 35.0, 0.1)]})
     long = summary("4000.json", {0: [cell("supervised", 4000, 31.1, 0.1), cell("sure", 4000, 27.0, -1.0)],
-                                 1: [cell("supervised", 4000, 31.5, 0.3)]})
+                                 1: [cell("supervised", 4000, 31.5, 0.3)],
+                                 3: [cell("supervised", 4000, 20.0, 0.3)]})
     rows = budgets.budget_rows([budgets.load_budget(long), budgets.load_budget(short)])
     sup = [r for r in rows if r["method"] == "supervised"]
     assert [r["steps"] for r in sup] == [1000, 4000]
     first, second = sup
     assert "gain" not in first and first["psnr_mean"] == pytest.approx((31.0 + 31.2 + 35.0) / 3)
     assert first["last_quarter_gain"] == pytest.approx((0.4 + 0.2 + 0.1) / 3)
-    # Gain on the seeds both budgets ran (0 and 1, not 2), over log2(4000 / 1000) = 2 doublings.
+    assert second["seeds"] == [0, 1, 3] and second["psnr_mean"] == pytest.approx((31.1 + 31.5 + 20.0) / 3)
+    # Gain on the seeds both budgets ran (0 and 1, not 2 or 3), over log2(4000 / 1000) = 2 doublings.
     assert second["gain_seeds"] == [0, 1] and second["gain"] == pytest.approx((0.1 + 0.3) / 2)
     assert second["gain_per_doubling"] == pytest.approx(0.2 / 2)
     assert budgets.flattened(second["gain_per_doubling"]) == "no"
