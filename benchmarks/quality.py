@@ -518,9 +518,8 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
     `physics` replaces the task's own (see `build_model`).
     """
     import keras
-    import numpy as np
 
-    from sei_tf import data, evaluate, objectives, sei_model, transforms
+    from sei_tf import callbacks as callbacks_lib, data, evaluate, objectives, sei_model, transforms
 
     name = f"{task_key}__{method}"
     ckpt = os.path.join(cell_dir, name + ".partial")
@@ -560,17 +559,18 @@ def train_cell(task_key, method, td, cfg, cell_dir, physics=None):
 
     if not state["curve"] or state["curve"][-1][0] != state["step"]:
         curve_point()
+    watch = callbacks_lib.StopOnBlowUp()  # a NaN or a finite blow-up of the loss
     while state["step"] < steps:
         chunk = min(eval_every, steps - state["step"])
         t = time.time()
         # The data stream of an uninterrupted run: skip the batches of the steps done.
-        hist = model.fit(ds.skip(state["step"]), steps_per_epoch=chunk, epochs=1, verbose=0)
+        hist = model.fit(ds.skip(state["step"]), steps_per_epoch=chunk, epochs=1, verbose=0, callbacks=[watch])
+        if watch.bad_step is not None:
+            raise RuntimeError(f"{name}: the loss {watch.reason} at step {watch.bad_step}; the cell stops (its "
+                               f"last checkpoint, if any, is in {ckpt}).")
         state["train_seconds"] += time.time() - t
         state["step"] += chunk
         state["loss"].append([state["step"], float(hist.history["loss"][-1])])
-        if not np.isfinite(hist.history["loss"][-1]):
-            raise RuntimeError(f"{name}: non-finite loss by step {state['step']}; the cell stops (its last "
-                               f"checkpoint, if any, is in {ckpt}).")
         curve_point()
         logging.info("%s: step %d/%d  loss %.3g  test PSNR %.2f dB  (%.1f min training)", name,
                      state["step"], steps, state["loss"][-1][1], state["curve"][-1][1],

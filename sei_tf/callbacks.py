@@ -1,4 +1,4 @@
-"""Keras callbacks of a training run: NaN stop, last good model, crash backup, logs, SURE check.
+"""Keras callbacks of a training run: stop on a bad loss, last good model, crash backup, logs, SURE check.
 
 A run folder holds `model.keras` (the last model whose weights were all finite,
 written after every epoch by an atomic rename), `backup/` (Keras
@@ -8,6 +8,7 @@ after the last finished epoch), `log.csv` and `tensorboard/`. With a validation 
 epoch with the best validation score, and `best.json` (that epoch and score).
 """
 
+import collections
 import json
 import os
 
@@ -16,33 +17,61 @@ import numpy as np
 from absl import logging
 
 
-class StopOnNaN(keras.callbacks.Callback):
-    """Stops at the first non-finite loss; the last good model.keras stays."""
+class StopOnBlowUp(keras.callbacks.Callback):
+    """Stops at the first step whose loss is non-finite or has blown up; the last good model.keras stays.
 
-    def __init__(self):
+    Blown up: the logged loss (Keras's running mean over the epoch) exceeds
+    `factor` times the median of |loss| over the last `window` steps. A finite
+    blow-up passes a NaN check: SEI on SR x2 (tau 0.01, lr 1e-3, bfloat16) went
+    from a loss of ~1e-3 to a mean of 5.5e5 over 500 steps and never reached Inf
+    (benchmarks/results/budget_10000_sr_x2). A healthy run's loss falls by orders
+    of magnitude but does not rise by them, so `factor` 1000 leaves a wide margin.
+    `reason` says which rule stopped the run.
+    """
+
+    def __init__(self, factor=1000.0, window=100):
         super().__init__()
+        self.factor, self.window = float(factor), int(window)
+        self.recent = collections.deque(maxlen=self.window)
         self.bad_step = None
+        self.reason = None
 
     def healthy(self):
-        """No NaN loss so far and every weight finite: safe to save."""
+        """No bad loss so far and every weight finite: safe to save."""
         return self.bad_step is None and all(np.all(np.isfinite(w)) for w in self.model.get_weights())
+
+    def blown_up(self, loss):
+        """The reason `loss` stops training ("non-finite", "blew up ..."), or None; remembers `loss`."""
+        if not np.isfinite(loss):
+            return f"became {loss}"
+        if len(self.recent) == self.window:
+            typical = float(np.median(np.abs(self.recent)))
+            if abs(loss) > self.factor * typical:
+                return (f"blew up to {loss:.3g}, more than {self.factor:g} times the median |loss| "
+                        f"{typical:.3g} of the {self.window} steps before")
+        self.recent.append(loss)
+        return None
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
+        if loss is None or self.bad_step is not None:
+            return
+        reason = self.blown_up(float(loss))
+        if reason:
             self.bad_step = int(self.model.optimizer.iterations)
+            self.reason = reason
             self.model.stop_training = True
 
 
 class SaveLastGood(keras.callbacks.Callback):
     """Writes model.keras after each epoch whose weights are all finite (atomic rename)."""
 
-    def __init__(self, path, nan_watch):
+    def __init__(self, path, watch):
         super().__init__()
-        self.path, self.nan_watch = path, nan_watch
+        self.path, self.watch = path, watch
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.nan_watch.healthy():
+        if not self.watch.healthy():
             return
         tmp = self.path + ".tmp.keras"
         self.model.save(tmp)
@@ -50,14 +79,14 @@ class SaveLastGood(keras.callbacks.Callback):
 
 
 class BackupLastGood(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that skips epochs ending in NaN: a rerun resumes from the last good one."""
+    """BackupAndRestore that skips epochs ending in a bad loss or NaN weights: a rerun resumes from the last good one."""
 
-    def __init__(self, path, nan_watch):
+    def __init__(self, path, watch):
         super().__init__(path, delete_checkpoint=False, double_checkpoint=True)
-        self.nan_watch = nan_watch
+        self.watch = watch
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.nan_watch.healthy():
+        if self.watch.healthy():
             super().on_epoch_end(epoch, logs)
 
 
@@ -66,12 +95,12 @@ class KeepBest(keras.callbacks.Callback):
 
     `mode` "min" (a loss) or "max" (PSNR). The best score so far is read back from
     best.json at the start of training, so a resumed run keeps comparing with the
-    epochs before the crash. Epochs ending in NaN are skipped.
+    epochs before the crash. Epochs ending in a bad loss or NaN weights are skipped.
     """
 
-    def __init__(self, path, monitor, mode, nan_watch):
+    def __init__(self, path, monitor, mode, watch):
         super().__init__()
-        self.path, self.monitor, self.mode, self.nan_watch = path, monitor, mode, nan_watch
+        self.path, self.monitor, self.mode, self.watch = path, monitor, mode, watch
         self.record = os.path.splitext(path)[0] + ".json"
         self.best = None
 
@@ -89,7 +118,7 @@ class KeepBest(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is None or not np.isfinite(float(value)) or not self.better(float(value)):
             return
-        if not self.nan_watch.healthy():
+        if not self.watch.healthy():
             return
         self.best = float(value)
         tmp = self.path + ".tmp.keras"
@@ -156,19 +185,19 @@ def resumed_epoch(backup_dir):
 
 
 def build_callbacks(run_dir, save_every_epoch=True, keep_best=None):
-    """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnNaN watch).
+    """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnBlowUp watch).
 
     `keep_best`: (monitor, mode), e.g. ("val_loss", "min"), adds `KeepBest` writing best.keras.
     """
-    nan_watch = StopOnNaN()
+    watch = StopOnBlowUp()
     callbacks = [
-        nan_watch,
-        BackupLastGood(os.path.join(run_dir, "backup"), nan_watch),
+        watch,
+        BackupLastGood(os.path.join(run_dir, "backup"), watch),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"), update_freq="epoch"),
     ]
     if save_every_epoch:
-        callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), nan_watch))
+        callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), watch))
     if keep_best:  # before the backup marks the epoch finished: a crash in between redoes the epoch
-        callbacks.insert(1, KeepBest(os.path.join(run_dir, "best.keras"), *keep_best, nan_watch))
-    return callbacks, nan_watch
+        callbacks.insert(1, KeepBest(os.path.join(run_dir, "best.keras"), *keep_best, watch))
+    return callbacks, watch

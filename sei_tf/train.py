@@ -369,7 +369,7 @@ def train():
     keep_best = None
     if held_out:  # the best epoch is judged on measurements that training never saw
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
-    callbacks, nan_watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
+    callbacks, watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
     sure_check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, op.noise)
     if sure_check:
         callbacks.append(sure_check)
@@ -388,12 +388,12 @@ def train():
         model.fit(dataset, epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
                   validation_data=validation, callbacks=callbacks,
                   verbose=1 if FLAGS.progress and sys.stdout.isatty() else 2)
-    if nan_watch.bad_step is not None:
+    if watch.bad_step is not None:
         kept = (f"The last good model is kept in {FLAGS.output}/model.keras"
                 if os.path.exists(os.path.join(FLAGS.output, "model.keras"))
-                else "No epoch ended with finite weights, so no model was saved")
+                else "No epoch ended before it, so no model was saved")
         raise TrainingError(
-            f"The loss became NaN/Inf at step {nan_watch.bad_step}; training stopped. {kept}. "
+            f"The loss {watch.reason} at step {watch.bad_step}; training stopped. {kept}. "
             "Lower --learning_rate or check the data.")
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     print(f"trained {FLAGS.method} ({total_steps} steps); model written to {FLAGS.output}/model.keras")

@@ -225,7 +225,7 @@ def test_custom_loop_resume_matches_uninterrupted(tmp_path):
 def test_nan_batch_stops_training_and_keeps_last_good_model(tmp_path, loop):
     epochs, steps, nan_at = 3, 2, 3  # the NaN batch is the 2nd step of epoch 1
     model = _model()
-    callbacks, nan_watch = callbacks_lib.build_callbacks(str(tmp_path))
+    callbacks, watch = callbacks_lib.build_callbacks(str(tmp_path))
     good = {}
 
     class Snapshot(keras.callbacks.Callback):
@@ -238,7 +238,7 @@ def test_nan_batch_stops_training_and_keeps_last_good_model(tmp_path, loop):
         model.fit(ds, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
     else:
         distributed.fit(model, ds, epochs, steps, callbacks, tf.distribute.get_strategy(), verbose=False)
-    assert nan_watch.bad_step == nan_at + 1  # stopped at once: no step after the bad one
+    assert watch.bad_step == nan_at + 1  # stopped at once: no step after the bad one
     assert int(model.optimizer.iterations) == nan_at + 1
     assert not all(np.isfinite(w).all() for w in model.backbone.get_weights())
     # model.keras holds epoch 0's weights: epoch 1 ended with NaN weights and was not saved.
@@ -253,6 +253,43 @@ def test_nan_batch_stops_training_and_keeps_last_good_model(tmp_path, loop):
     restored.optimizer.build(restored.trainable_variables)
     restored.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))
     for a, b in zip(restored.backbone.get_weights(), good[0]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_blow_up_rule_compares_with_the_median_of_the_last_window():
+    watch = callbacks_lib.StopOnBlowUp(factor=1000, window=4)
+    for loss in (5.0, -2e-3, 1e-3, 3e-3, 2e-3):  # a falling loss, one negative value (SURE can be)
+        assert watch.blown_up(loss) is None
+    # median |loss| of the window is 2e-3, so the bar is 2.0; a bad loss does not enter the window
+    assert watch.blown_up(2.1) is not None
+    assert watch.blown_up(-2.1) is not None  # |loss| counts: SURE can blow up downwards
+    assert watch.blown_up(1.9) is None
+    assert list(watch.recent) == [1e-3, 3e-3, 2e-3, 1.9]  # 5.0 has left the window
+    assert "inf" in watch.blown_up(float("inf")) and "nan" in watch.blown_up(float("nan"))
+    fresh = callbacks_lib.StopOnBlowUp(factor=1000, window=4)
+    assert fresh.blown_up(1e-3) is None and fresh.blown_up(1e9) is None  # the window is not full yet
+
+
+def test_finite_blow_up_stops_training_and_keeps_last_good_model(tmp_path):
+    epochs, steps, bad_at = 4, 3, 7  # the bad batch is the 2nd step of epoch 2
+    model = _model()
+    watch = callbacks_lib.StopOnBlowUp(window=5)
+    good = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            good.setdefault(epoch, [w.copy() for w in self.model.backbone.get_weights()])
+
+    ys = tf.random.stateless_uniform([epochs * steps, 4, 12, 12, 3], [7, 8])
+    ys = tf.tensor_scatter_nd_update(ys, [[bad_at, 1, 3, 3, 0]], [1e5])  # finite, but far off the scale
+    path = str(tmp_path / "model.keras")
+    model.fit(tf.data.Dataset.from_tensor_slices(ys), epochs=epochs, steps_per_epoch=steps, verbose=0,
+              callbacks=[watch, callbacks_lib.SaveLastGood(path, watch), Snapshot()])
+    assert watch.bad_step == bad_at + 1 and "blew up" in watch.reason
+    assert int(model.optimizer.iterations) == bad_at + 1
+    assert all(np.isfinite(w).all() for w in model.backbone.get_weights())  # a NaN check would go on
+    saved = keras.saving.load_model(path)  # epoch 1's weights: epoch 2 had the bad step
+    for a, b in zip(saved.backbone.get_weights(), good[1]):
         np.testing.assert_array_equal(a, b)
 
 

@@ -206,7 +206,7 @@ def test_keep_best_keeps_the_lowest_and_remembers_it_across_a_restart(tmp_path):
     path = str(tmp_path / "best.keras")
 
     def run(values, start=0):
-        watch = callbacks_lib.StopOnNaN()
+        watch = callbacks_lib.StopOnBlowUp()
         keep = callbacks_lib.KeepBest(path, "val_loss", "min", watch)
         for cb in (watch, keep):
             cb.set_model(model)
