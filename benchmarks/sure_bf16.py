@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/sure_bf16.py [--draws 2048] [--speed_steps 10]
 
 Part 1, SURE bias (issue 10, item 3). SURE (method.md: residual - sigma^2 +
-2 sigma^2 div / m, one Gaussian probe, tau = 0.01, a border of (k-1)//2
+2 sigma^2 div / m, one Gaussian probe, tau = 0.01 (--tau), a border of (k-1)//2
 excluded for blur) is an unbiased estimate of the measurement-domain error
 ||A f(y) - A x||^2 / m. Over many noise draws of one photograph, the mean of
 (SURE - true error) must be 0 within its standard error. The backbone is a
@@ -47,7 +47,7 @@ import tensorflow as tf  # noqa: E402
 from sei_tf import physics, precision  # noqa: E402
 from sei_tf.models import ResidualCNN, SwinIR  # noqa: E402
 
-TAU = 0.01
+TAU = 0.01  # the method's step; --tau changes it (and the report's name)
 
 
 class AllReducedCNN(ResidualCNN):
@@ -109,7 +109,7 @@ def swinir_backbones(upscale, seed=0):
     return {"float32": f32, "bfloat16": bf16}
 
 
-def sure_minus_true(f, op, sigma, x, draws, seed, chunk=256):
+def sure_minus_true(f, op, sigma, x, draws, seed, chunk=256, tau=TAU):
     """(SURE - true error, true error) per noise draw, float64 arrays of length `draws`.
 
     `x` is one clean image (H, W, C); `op` gives the operator `A` and the
@@ -132,9 +132,9 @@ def sure_minus_true(f, op, sigma, x, draws, seed, chunk=256):
         m = tf.reduce_sum(mask) * tf.cast(shape[3], tf.float32)
         b = tf.random.stateless_normal(shape, [seed + 1, start]) * mask
         ax1 = op.A(f(y))
-        ax1_probe = op.A(f(y + TAU * b))
+        ax1_probe = op.A(f(y + tau * b))
         residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
-        div = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / TAU
+        div = tf.reduce_sum(b * (ax1_probe - ax1), axis=[1, 2, 3]) / tau
         var = sigma ** 2
         sure = residual - var + 2.0 * var * div / m
         true = tf.reduce_sum(tf.square((ax1 - ax) * mask), axis=[1, 2, 3]) / m
@@ -150,7 +150,7 @@ def _stats(values):
     return dict(mean=values.mean(), stderr=stderr, z=values.mean() / stderr if stderr > 0 else 0.0, std=std)
 
 
-def bias_table(draws, size, features, blocks, sigmas, swinir):
+def bias_table(draws, size, features, blocks, sigmas, swinir, tau=TAU):
     rows = []
     x = photo(size)
     # Only the operators' `A` and `margin` are used; the noise is drawn here.
@@ -166,7 +166,7 @@ def bias_table(draws, size, features, blocks, sigmas, swinir):
             for variant, net in nets.items():
                 t0 = time.perf_counter()
                 # Same seed for every variant: same noise and probes, so differences pair up.
-                diff, true = sure_minus_true(net, op, sigma / 255.0, x, draws, seed=11)
+                diff, true = sure_minus_true(net, op, sigma / 255.0, x, draws, seed=11, tau=tau)
                 reference = diff if reference is None else reference
                 paired = diff - reference
                 r = dict(task=task, sigma=sigma, variant=variant, true=true.mean(), **_stats(diff),
@@ -244,7 +244,7 @@ def write_reports(folder, args, bias, speed, header):
             "window 4; no skip path for SR: its output is unrelated to the image, a test of the arithmetic, "
             f"not of a trained model), random weights; one {args.size}x{args.size} photograph "
             "(astronaut, the signal x); "
-            f"{args.draws} noise draws, each with its own probe; tau = {TAU}. "
+            f"{args.draws} noise draws, each with its own probe; tau = {args.tau:g}. "
             "Values in squared [0, 1] units per measurement pixel and channel, x1e-6. "
             "z = mean / standard error (|z| < 4: no detectable bias). Every variant sees the same noise "
             "and probes, so the last columns pair each draw with the float32 one: the mean of "
@@ -266,7 +266,8 @@ def write_reports(folder, args, bias, speed, header):
                   f"{worst['sigma']:g}, {worst['variant']}); largest |z| of the bias added by the reduced "
                   f"type: {abs(worst_added['paired_z']):.2f} ({worst_added['task']}, sigma "
                   f"{worst_added['sigma']:g}, {worst_added['variant']})."]
-        _write(os.path.join(folder, "sure_bf16.md"), lines)
+        name = "sure_bf16.md" if args.tau == TAU else f"sure_bf16_tau{args.tau:g}.md"
+        _write(os.path.join(folder, name), lines)
     if speed:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         lines = head("bfloat16 vs float32 training-step speed (CPU)") + [
@@ -300,6 +301,8 @@ def main():
     parser.add_argument("--speed_steps", type=int, default=5, help="steps per timed round")
     parser.add_argument("--speed_rounds", type=int, default=5, help="timed rounds per precision")
     parser.add_argument("--no_swinir", action="store_true", help="leave out the tiny SwinIR rows")
+    parser.add_argument("--tau", type=float, default=TAU,
+                        help="SURE's divergence step for the bias check (report sure_bf16_tau<tau>.md unless 0.01)")
     parser.add_argument("--skip_bias", action="store_true")
     parser.add_argument("--skip_speed", action="store_true")
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks", "results"),
@@ -315,7 +318,7 @@ def main():
     header = dict(date=datetime.date.today().isoformat(), machine=machine)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     bias = [] if args.skip_bias else bias_table(args.draws, args.size, args.features, args.blocks, sigmas,
-                                                    not args.no_swinir)
+                                                    not args.no_swinir, args.tau)
     speed = [] if args.skip_speed else speed_table(args.speed_steps, args.speed_rounds)
     write_reports(args.output_dir, args, bias, speed, header)
 
