@@ -42,7 +42,9 @@ def define_flags():
     flags.DEFINE_enum("method", "sei", list(objectives.PRESETS), "Training objective (see sei_tf.objectives).")
     flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
     flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
-    flags.DEFINE_float("tau", losses.DEFAULT_TAU, "Step of SURE's Monte-Carlo divergence, in [0, 1] intensity units (> 0).")
+    flags.DEFINE_float("tau", losses.DEFAULT_TAU, "Step of SURE's Monte-Carlo divergence, in [0, 1] intensity units "
+                       "(> 0). The default is the method's; at 0.01 SEI collapsed on SR x2 after 6000 steps at a "
+                       "learning rate of 1e-3, at 0.001 it did not: use 0.001 for long runs.")
     flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
     flags.DEFINE_enum("precision", "float32", list(precision.CHOICES),
                       "Type the backbone computes in (physics and losses stay float32). auto: bfloat16 on a "
