@@ -43,7 +43,7 @@ class StopOnBlowUp(keras.callbacks.Callback):
     def blown_up(self, loss):
         """The reason `loss` stops training ("non-finite", "blew up ..."), or None; remembers `loss`."""
         if not np.isfinite(loss):
-            return f"became {loss}"
+            return f"became NaN/Inf ({loss})"
         if len(self.recent) == self.window:
             typical = float(np.median(np.abs(self.recent)))
             if abs(loss) > self.factor * typical:

@@ -265,7 +265,7 @@ def test_blow_up_rule_compares_with_the_median_of_the_last_window():
     assert watch.blown_up(-2.1) is not None  # |loss| counts: SURE can blow up downwards
     assert watch.blown_up(1.9) is None
     assert list(watch.recent) == [1e-3, 3e-3, 2e-3, 1.9]  # 5.0 has left the window
-    assert "inf" in watch.blown_up(float("inf")) and "nan" in watch.blown_up(float("nan"))
+    assert "NaN/Inf (inf)" in watch.blown_up(float("inf")) and "NaN/Inf (nan)" in watch.blown_up(float("nan"))
     fresh = callbacks_lib.StopOnBlowUp(factor=1000, window=4)
     assert fresh.blown_up(1e-3) is None and fresh.blown_up(1e9) is None  # the window is not full yet
 
