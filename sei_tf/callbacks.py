@@ -47,8 +47,8 @@ class StopOnBlowUp(keras.callbacks.Callback):
         if len(self.recent) == self.window:
             typical = float(np.median(np.abs(self.recent)))
             if abs(loss) > self.factor * typical:
-                return (f"blew up to {loss:.3g}, more than {self.factor:g} times the median |loss| "
-                        f"{typical:.3g} of the {self.window} steps before")
+                return (f"blew up to {loss:.3g} (more than {self.factor:g} times the median |loss| of the "
+                        f"{self.window} steps before, {typical:.3g})")
         self.recent.append(loss)
         return None
 
