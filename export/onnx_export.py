@@ -46,6 +46,7 @@ FP32_TOLERANCE = 1e-4
 FP16_TOLERANCE = 2e-2
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+CONVERT_ATTEMPTS = 5  # tf2onnx conversions tried before a graph with a wrong rank is refused (see convert)
 PARITY_IMAGE = "skimage.data.astronaut()[150:211, 170:217] (61x47 crop), converted to the model's channels"
 # RGB -> grey for 1-channel models: ITU-R BT.601 luma, Y = 0.299 R + 0.587 G + 0.114 B on [0, 1]
 # values (full range, as `sei_tf.simulate` converts ground truth to greyscale; sei_tf.metrics'
@@ -154,12 +155,18 @@ def convert(backbone, opset: int = DEFAULT_OPSET):
 
     from export.tf_bicubic import exact_bicubic
 
-    try:
-        # x3 bicubic: rebuild TF's tabulated kernel from convolutions (see tf_bicubic).
-        with exact_bicubic(int(backbone.upscale)):
-            model_proto, _ = tf2onnx.convert.from_function(restorer, input_signature=spec, opset=opset)
-    except Exception as err:
-        raise ExportError(f"tf2onnx could not convert {type(backbone).__name__} at opset {opset}: {err}") from err
+    # tf2onnx 1.17 is not deterministic here: about one conversion in ten of a 1-channel cnn
+    # (3 of 34 tries) came out with an extra leading axis on the output, (1, N, H, W, 1), values
+    # right. Such a graph is converted again; rename_io refuses one that stays wrong.
+    for _ in range(CONVERT_ATTEMPTS):
+        try:
+            # x3 bicubic: rebuild TF's tabulated kernel from convolutions (see tf_bicubic).
+            with exact_bicubic(int(backbone.upscale)):
+                model_proto, _ = tf2onnx.convert.from_function(restorer, input_signature=spec, opset=opset)
+        except Exception as err:
+            raise ExportError(f"tf2onnx could not convert {type(backbone).__name__} at opset {opset}: {err}") from err
+        if all(len(v.type.tensor_type.shape.dim) == 4 for v in (*model_proto.graph.input, *model_proto.graph.output)):
+            break
     rename_io(model_proto, upsamples=int(backbone.upscale) > 1)
     return model_proto
 

@@ -168,6 +168,35 @@ def test_cli_missing_model_fails_cleanly(tmp_path):
     assert not out.exists()
 
 
+def test_a_conversion_with_an_extra_output_axis_is_converted_again(models, tmp_path, monkeypatch):
+    """tf2onnx sometimes returns the output as (1, N, H, W, C): convert retries, then refuses."""
+    import tf2onnx
+
+    real = tf2onnx.convert.from_function
+    calls = []
+
+    def flaky(*args, **kwargs):
+        model_proto, storage = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) <= flaky.bad_calls:  # the bug, imitated: a leading axis of size 1 on the output
+            dims = model_proto.graph.output[0].type.tensor_type.shape.dim
+            dims.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+        return model_proto, storage
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", flaky)
+    import keras
+
+    backbone = keras.saving.load_model(models["cnn_deblur"], compile=False).backbone
+    flaky.bad_calls = 2
+    proto = onnx_export.convert(backbone)
+    assert len(calls) == 3 and len(_dims(proto.graph.output[0])) == 4
+    calls.clear()
+    flaky.bad_calls = onnx_export.CONVERT_ATTEMPTS
+    with pytest.raises(onnx_export.ExportError, match="rank 5"):
+        onnx_export.convert(backbone)
+    assert len(calls) == onnx_export.CONVERT_ATTEMPTS
+
+
 def test_parity_failure_leaves_no_file(models, tmp_path, monkeypatch):
     out = tmp_path / "bad.onnx"
     out.write_bytes(b"previous export")  # an older file must survive a failed export
