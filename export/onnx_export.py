@@ -155,9 +155,9 @@ def convert(backbone, opset: int = DEFAULT_OPSET):
 
     from export.tf_bicubic import exact_bicubic
 
-    # tf2onnx 1.17 is not deterministic here: about one conversion in ten of a 1-channel cnn
-    # (3 of 34 tries) came out with an extra leading axis on the output, (1, N, H, W, 1), values
-    # right. Such a graph is converted again; rename_io refuses one that stays wrong.
+    # tf2onnx 1.17 is not deterministic here: 3 of 62 conversions of a tiny 1-channel cnn came
+    # out with an extra leading axis on the output, (1, N, H, W, 1), values right. Such a graph
+    # is converted again; rename_io refuses one that stays wrong.
     for _ in range(CONVERT_ATTEMPTS):
         try:
             # x3 bicubic: rebuild TF's tabulated kernel from convolutions (see tf_bicubic).
@@ -165,10 +165,15 @@ def convert(backbone, opset: int = DEFAULT_OPSET):
                 model_proto, _ = tf2onnx.convert.from_function(restorer, input_signature=spec, opset=opset)
         except Exception as err:
             raise ExportError(f"tf2onnx could not convert {type(backbone).__name__} at opset {opset}: {err}") from err
-        if all(len(v.type.tensor_type.shape.dim) == 4 for v in (*model_proto.graph.input, *model_proto.graph.output)):
+        if all(_rank(v) == 4 for v in (*model_proto.graph.input, *model_proto.graph.output)):
             break
     rename_io(model_proto, upsamples=int(backbone.upscale) > 1)
     return model_proto
+
+
+def _rank(value):
+    """Rank of a graph input or output (its declared shape)."""
+    return len(value.type.tensor_type.shape.dim)
 
 
 def rename_io(model_proto, upsamples: bool):
@@ -188,9 +193,9 @@ def rename_io(model_proto, upsamples: bool):
     in_names = ("batch", "height", "width")
     out_names = ("batch", "out_height", "out_width") if upsamples else in_names
     for value, names in ((graph.input[0], in_names), (graph.output[0], out_names)):
+        if _rank(value) != 4:
+            raise ExportError(f"{value.name} has rank {_rank(value)}, expected NHWC (rank 4).")
         dims = value.type.tensor_type.shape.dim
-        if len(dims) != 4:
-            raise ExportError(f"{value.name} has rank {len(dims)}, expected NHWC (rank 4).")
         for dim, name in zip(dims[:3], names):
             if dim.HasField("dim_value"):
                 raise ExportError(f"{value.name} has a fixed dimension {dim.dim_value}; expected dynamic.")

@@ -460,8 +460,8 @@ def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_
     def cell(method, steps, psnr, curve_end):
         # A curve at 0, 3/4 and all of the steps, ending at the cell's PSNR.
         return {"task": "gaussian_2", "method": method, "steps": steps, "psnr_mean": psnr, "psnr": [psnr],
-                "ssim_mean": 0.9, "train_minutes": 1.0, "test_names": ["a"], "curve": [[0, 28.0, 0.8], [3 * steps // 4, psnr - curve_end, 0.9],
-                                               [steps, psnr, 0.9]]}
+                "ssim_mean": 0.9, "train_minutes": 1.0, "test_names": ["a"],
+                "curve": [[0, 28.0, 0.8], [3 * steps // 4, psnr - curve_end, 0.9], [steps, psnr, 0.9]]}
 
     def summary(name, cells_by_seed):
         path = tmp_path / name
