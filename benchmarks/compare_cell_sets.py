@@ -18,6 +18,10 @@ images), B minus A per seed, and the paired difference: for each test image,
 B - A averaged over the common seeds; its mean with the 95% Student-t interval
 over the images (quality_summary.paired_interval), in bold where it excludes 0.
 Prints the table and writes it to --out.
+
+--a_method M --b_method N compares method M of A with method N of B instead
+(one row per task), e.g. supervised + aug. at the default tau against SEI
+trained with --tau 0.001: the cells still pair by seed and test image.
 """
 
 import os
@@ -36,18 +40,28 @@ flags.DEFINE_string("b", None, "quality.json (several seeds) of the configuratio
 flags.DEFINE_string("a_label", "A", "Name of configuration A in the table.")
 flags.DEFINE_string("b_label", "B", "Name of configuration B in the table.")
 flags.DEFINE_string("out", None, "Markdown file to write (default: compare.md next to --b).")
+flags.DEFINE_string("a_method", None, "Compare only this method (cell key) of A ... (give --b_method too).")
+flags.DEFINE_string("b_method", None, "... with this method of B, task by task (default: each method with itself).")
 
 
-def compare(cells_a, cells_b):
-    """One row per (task, method) both finished on a common seed, in the order of cells_a."""
+def compare(cells_a, cells_b, a_method=None, b_method=None):
+    """One row per (task, method) both finished on a common seed, in the order of cells_a.
+
+    With a_method and b_method: one row per task, method a_method of A against b_method of B
+    (the row's "method" is "b_method vs a_method").
+    """
     rows = []
-    pairs = dict.fromkeys((t, m) for t, m, _ in cells_a)
-    for task, method in pairs:
-        seeds = sorted(s for t, m, s in cells_a if (t, m) == (task, method) and (t, m, s) in cells_b)
+    if a_method is None:
+        pairs = {(t, m, m): None for t, m, _ in cells_a}
+    else:
+        pairs = {(t, a_method, b_method): None for t, m, _ in cells_a if m == a_method}
+    for task, method_a, method_b in pairs:
+        seeds = sorted(s for t, m, s in cells_a if (t, m) == (task, method_a) and (t, method_b, s) in cells_b)
         if not seeds:
             continue
-        a = [cells_a[task, method, s] for s in seeds]
-        b = [cells_b[task, method, s] for s in seeds]
+        a = [cells_a[task, method_a, s] for s in seeds]
+        b = [cells_b[task, method_b, s] for s in seeds]
+        method = method_a if method_a == method_b else f"{method_b} vs {method_a}"
         if any(x["test_names"] != a[0]["test_names"] for x in a + b):
             raise ValueError(f"{task}/{method}: the two configurations were tested on different images.")
         mean, low, high = paired_interval(per_image_difference(list(zip(b, a))))
@@ -67,7 +81,8 @@ def table(rows, label_a, label_b):
         interval = f"{r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
         if r["low"] > 0 or r["high"] < 0:
             interval = f"**{interval}**"
-        lines.append(f"| {r['task']} | {METHOD_LABELS.get(r['method'], r['method'])} | "
+        method = " vs ".join(METHOD_LABELS.get(m, m) for m in r["method"].split(" vs "))
+        lines.append(f"| {r['task']} | {method} | "
                      f"{','.join(map(str, r['seeds']))} | {r['psnr_a']:.2f} | {r['psnr_b']:.2f} | "
                      f"{' / '.join(f'{d:+.2f}' for d in r['per_seed'])} | {interval} |")
     return lines
@@ -77,8 +92,10 @@ def main(argv):
     del argv
     if not FLAGS.a or not FLAGS.b:
         raise app.UsageError("give both --a and --b.")
+    if (FLAGS.a_method is None) != (FLAGS.b_method is None):
+        raise app.UsageError("give both --a_method and --b_method, or neither.")
     try:
-        rows = compare(load_summary_cells(FLAGS.a), load_summary_cells(FLAGS.b))
+        rows = compare(load_summary_cells(FLAGS.a), load_summary_cells(FLAGS.b), FLAGS.a_method, FLAGS.b_method)
     except ValueError as e:
         raise app.UsageError(str(e))
     if not rows:

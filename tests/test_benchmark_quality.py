@@ -448,6 +448,12 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     assert (r["diff"], r["low"], r["high"]) == pytest.approx((mean, low, high)) and r["diff"] == pytest.approx(5 / 6)
     assert r["per_seed"] == pytest.approx([2 / 3, 1.0])
     assert r["psnr_a"] == pytest.approx((31.0 + 30.0) / 2) and r["psnr_b"] == pytest.approx((95 / 3 + 31.0) / 2)
+    # One method of A against another of B: SEI of B against SURE of A, on seed 0 only (A has SURE there).
+    rows = cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b), "sure", "sei")
+    assert [(r["task"], r["method"], r["seeds"]) for r in rows] == [("sr_x2", "sei vs sure", [0])]
+    assert rows[0]["diff"] == pytest.approx((2.0 + 2.0 + 4.0) / 3)
+    assert rows[0]["psnr_a"] == pytest.approx(29.0)
+    assert cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b), "sure", "sure") == []  # B has no SURE
     # Cells tested on other images are not compared.
     other = summary(tmp_path / "c.json", {0: [cell("sei", [30.0, 31.0, 32.0], names=("a", "b", "d"))]})
     with pytest.raises(ValueError, match="different images"):
