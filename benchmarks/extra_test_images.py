@@ -19,6 +19,9 @@ takes quality.py's flags (they name the cell sets, as for --report_only) and wri
 results_dir/extra_test_images.{md,json}: per task and method the mean PSNR on the extra
 images and SEI minus it, paired per image and averaged over the seeds both finished,
 [95% CI], over the extra images alone and over the test photographs plus the extra ones.
+The json's "cells" hold every scored cell over all images (test photographs, then the
+extra ones) in quality.json's summary form, so `compare_cell_sets.py` can pair cells of
+two cell sets (another --tau, say) over all images; a set with SEI alone writes only them.
 Scores are cached in each cell folder (extra_test_images/TASK__METHOD.json) and redone
 when the cell is retrained.
 """
@@ -117,6 +120,17 @@ def compare(scores, protocol, tasks):
     return rows
 
 
+def all_image_cells(scores, protocol):
+    """{seed: [cell]}: each scored cell's PSNR on the test photographs followed by the extra images."""
+    out = {}
+    for (task, method, seed), extra in scores.items():
+        psnr = list(protocol[task, method, seed]["psnr"]) + list(extra["psnr"])
+        out.setdefault(str(seed), []).append({
+            "task": task, "method": method, "psnr": psnr, "psnr_mean": fmean(psnr),
+            "test_names": list(protocol[task, method, seed]["test_names"]) + list(extra["names"])})
+    return out
+
+
 def _interval(v):
     text = f"{v[0]:+.2f} [{v[1]:+.2f}, {v[2]:+.2f}]"
     return f"**{text}**" if v[1] > 0 or v[2] < 0 else text
@@ -137,7 +151,7 @@ def runner_up_lines(rows, tasks):
     return out
 
 
-def write(rows, tasks, cfg):
+def write(rows, tasks, cfg, cells):
     lines = ["# The quality benchmark's cells on more held-out photographs (issue 14)", "",
              f"Written by `benchmarks/extra_test_images.py`. The trained models of the quality benchmark "
              f"({cfg['steps']} steps, backbone `{cfg['backbone']}`; nothing retrained) restore "
@@ -154,14 +168,18 @@ def write(rows, tasks, cfg):
         lines.append(f"| {quality.TASKS[r['task']]['label']} | {METHOD_LABELS.get(r['method'], r['method'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['psnr_extra']:.2f} | {r['sei_psnr_extra']:.2f} | "
                      f"{_interval(r['extra'])} | {_interval(r['all'])} ({r['num_all']}) |")
-    lines += ["", "SEI against the self-supervised runner-up (the smallest SEI-minus-it over all images):", ""]
-    lines += runner_up_lines(rows, tasks)
+    if rows:
+        lines += ["", "SEI against the self-supervised runner-up (the smallest SEI-minus-it over all images):", ""]
+        lines += runner_up_lines(rows, tasks)
+    else:
+        lines += ["", "No other method's cell on a common seed with SEI here: the json's cells (every scored cell "
+                  "over all images) are for `compare_cell_sets.py`."]
     text = "\n".join(lines) + "\n"
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     with open(os.path.join(FLAGS.results_dir, "extra_test_images.md"), "w") as f:
         f.write(text)
     quality._write_json(os.path.join(FLAGS.results_dir, "extra_test_images.json"),
-                        {"extra_test_names": list(EXTRA_TEST_NAMES), "config": cfg, "rows": rows})
+                        {"extra_test_names": list(EXTRA_TEST_NAMES), "config": cfg, "rows": rows, "cells": cells})
     print(text)
 
 
@@ -194,10 +212,9 @@ def main(argv):
                 logging.info("seed %d: %s / %s", seed, task, m)
                 scores[task, m, seed] = score_cell(cell_dir, task, m, cells[task, m], images)
                 protocol[task, m, seed] = {**cells[task, m], "baseline_psnr": baseline["psnr"] if baseline else None}
-    rows = compare(scores, protocol, tasks)
-    if not rows:
-        raise app.UsageError("No finished SEI cell with another method's cell on a common seed for these flags.")
-    write(rows, tasks, cfg)
+    if not scores:
+        raise app.UsageError("No finished cell for these flags (same flags as the quality.py run, please).")
+    write(compare(scores, protocol, tasks), tasks, cfg, all_image_cells(scores, protocol))
     return 0
 
 

@@ -575,3 +575,11 @@ def test_extra_test_images_score_the_saved_cells(quality, tiny_photos, tmp_path)
     assert row["all"] == pytest.approx(list(paired_interval(d_test + d_extra)))
     assert row["num_all"] == 1 + len(names)
     assert "Supervised" in open(tmp_path / "extra" / "extra_test_images.md").read()
+    # The cells over all images, for compare_cell_sets: the test photograph first, then the extra ones.
+    import compare_cell_sets as cc
+
+    all_cells = cc.load_summary_cells(str(tmp_path / "extra" / "extra_test_images.json"))
+    assert all_cells["sr_x2", "sei", 0]["test_names"] == cell["sei"]["test_names"] + names
+    assert all_cells["sr_x2", "sei", 0]["psnr"] == pytest.approx(cell["sei"]["psnr"] + scores["sei"]["psnr"])
+    (both,) = cc.compare(all_cells, all_cells, "supervised", "sei")
+    assert [both["diff"], both["low"], both["high"]] == pytest.approx(row["all"])
