@@ -168,10 +168,11 @@ def write(rows, tasks, cfg, cells):
         lines.append(f"| {quality.TASKS[r['task']]['label']} | {METHOD_LABELS.get(r['method'], r['method'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['psnr_extra']:.2f} | {r['sei_psnr_extra']:.2f} | "
                      f"{_interval(r['extra'])} | {_interval(r['all'])} ({r['num_all']}) |")
-    if rows:
+    runner_up = runner_up_lines(rows, tasks)
+    if runner_up:
         lines += ["", "SEI against the self-supervised runner-up (the smallest SEI-minus-it over all images):", ""]
-        lines += runner_up_lines(rows, tasks)
-    else:
+        lines += runner_up
+    if not rows:
         lines += ["", "No other method's cell on a common seed with SEI here: the json's cells (every scored cell "
                   "over all images) are for `compare_cell_sets.py`."]
     text = "\n".join(lines) + "\n"
