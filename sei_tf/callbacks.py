@@ -6,6 +6,7 @@ written after every epoch by an atomic rename), `backup/` (Keras
 after the last finished epoch), `log.csv` and `tensorboard/`. With a validation set
 (held-out measurements or ground truth) it also holds `best.keras`, the model of the
 epoch with the best validation score, and `best.json` (that epoch and score).
+An epoch whose mean SURE fell far below 0 is never kept as the best (`WarnNegativeSURE`).
 """
 
 import collections
@@ -96,12 +97,15 @@ class KeepBest(keras.callbacks.Callback):
 
     `mode` "min" (a loss) or "max" (PSNR). The best score so far is read back from
     best.json at the start of training, so a resumed run keeps comparing with the
-    epochs before the crash. Epochs ending in a bad loss or NaN weights are skipped.
+    epochs before the crash. Epochs ending in a bad loss or NaN weights are skipped,
+    and so are those `trusted(logs)` rejects (e.g. `WarnNegativeSURE.trusted`: once
+    SURE has collapsed, the lowest held-out loss marks the worst restorer, not the best).
     """
 
-    def __init__(self, path, monitor, mode, watch):
+    def __init__(self, path, monitor, mode, watch, trusted=None):
         super().__init__()
         self.path, self.monitor, self.mode, self.watch = path, monitor, mode, watch
+        self.trusted = trusted
         self.record = os.path.splitext(path)[0] + ".json"
         self.best = None
 
@@ -121,6 +125,11 @@ class KeepBest(keras.callbacks.Callback):
             return
         if not self.watch.healthy():
             return
+        if self.trusted is not None and not self.trusted(logs):
+            logging.warning(f"epoch {epoch + 1}: {self.monitor} = {float(value):.4g} would be the best so far, "
+                            f"but SURE no longer measures the error there; {os.path.basename(self.path)} keeps "
+                            "the earlier epoch.")
+            return
         self.best = float(value)
         tmp = self.path + ".tmp.keras"
         self.model.save(tmp)
@@ -137,9 +146,10 @@ class WarnNegativeSURE(keras.callbacks.Callback):
     noise. Far below 0 it has stopped measuring the error: the network answers the
     divergence probe y + tau b differently from y (seen on SR x2 after 2400 steps
     of SURE alone and 6000-9500 steps of SEI at tau 0.01, benchmarks/results/
-    sure_probe_step*.md), and training on it, or
-    keeping the epoch with the lowest validation SURE, degrades the restorer.
-    `keys` are the log entries to watch (e.g. "sure", "val_sure").
+    sure_probe_step*.md). Training on it degrades the restorer while the loss keeps
+    falling, so the lowest held-out loss would pick the worst epoch: `trusted(logs)`
+    lets `KeepBest` skip such epochs. `keys` are the log entries to watch (e.g.
+    "sure", "val_sure").
     """
 
     def __init__(self, keys, floor, tau):
@@ -163,6 +173,10 @@ class WarnNegativeSURE(keras.callbacks.Callback):
         keys = [t.name for t in terms] + [f"val_{t.name}" for t in terms]
         return cls(keys, -0.1 * variance, terms[0].tau)
 
+    def trusted(self, logs):
+        """False when a watched SURE mean of these epoch logs is below the floor."""
+        return not any(float(v) < self.floor for v in ((logs or {}).get(k) for k in self.keys) if v is not None)
+
     def on_epoch_end(self, epoch, logs=None):
         for key in self.keys:
             value = (logs or {}).get(key)
@@ -172,7 +186,8 @@ class WarnNegativeSURE(keras.callbacks.Callback):
             logging.warning(f"epoch {epoch + 1}: mean {key} = {float(value):.3g}, below {self.floor:.3g}. SURE "
                             "estimates a squared error, so it has stopped measuring the error: the network has "
                             f"learned to answer the divergence probe (step tau = {self.tau:g}) differently from real "
-                            "measurements. The restorer degrades from here. Restart with a smaller --tau (e.g. "
+                            "measurements. The restorer degrades from here (a best.keras keeps no such epoch). "
+                            "Restart with a smaller --tau (e.g. "
                             "0.001; SEI at 0.01 collapsed too on SR x2 after 6000 steps at a learning rate of 1e-3).")
 
 
@@ -186,10 +201,12 @@ def resumed_epoch(backup_dir):
         return int(json.load(f).get("epoch", 0))
 
 
-def build_callbacks(run_dir, save_every_epoch=True, keep_best=None):
+def build_callbacks(run_dir, save_every_epoch=True, keep_best=None, sure_check=None):
     """The callbacks of a run writing into `run_dir`; returns (callbacks, the StopOnBlowUp watch).
 
     `keep_best`: (monitor, mode), e.g. ("val_loss", "min"), adds `KeepBest` writing best.keras.
+    `sure_check`: a `WarnNegativeSURE`, added; when `KeepBest` monitors a loss it skips the
+    epochs the check distrusts (a PSNR against ground truth needs no such check).
     """
     watch = StopOnBlowUp()
     callbacks = [
@@ -201,5 +218,8 @@ def build_callbacks(run_dir, save_every_epoch=True, keep_best=None):
     if save_every_epoch:
         callbacks.append(SaveLastGood(os.path.join(run_dir, "model.keras"), watch))
     if keep_best:  # before the backup marks the epoch finished: a crash in between redoes the epoch
-        callbacks.insert(1, KeepBest(os.path.join(run_dir, "best.keras"), *keep_best, watch))
+        callbacks.insert(1, KeepBest(os.path.join(run_dir, "best.keras"), *keep_best, watch,
+                                     trusted=sure_check.trusted if sure_check and keep_best[1] == "min" else None))
+    if sure_check:
+        callbacks.append(sure_check)
     return callbacks, watch

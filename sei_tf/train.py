@@ -371,10 +371,8 @@ def train():
     keep_best = None
     if held_out:  # the best epoch is judged on measurements that training never saw
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
-    callbacks, watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best)
     sure_check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, op.noise)
-    if sure_check:
-        callbacks.append(sure_check)
+    callbacks, watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best, sure_check=sure_check)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
         json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)

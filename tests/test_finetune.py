@@ -223,6 +223,40 @@ def test_keep_best_keeps_the_lowest_and_remembers_it_across_a_restart(tmp_path):
     assert float(saved.backbone.tail.bias.numpy()[0]) == 4.0
 
 
+def test_keep_best_skips_epochs_whose_sure_fell_below_the_floor(tmp_path, caplog):
+    """A collapsed SURE makes the held-out loss lowest at the worst epoch: best.keras must not take it."""
+    from sei_tf import noise
+
+    model = _sr_model()
+    model.compile(keras.optimizers.Adam())
+    check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, noise.Gaussian(5.0))
+    floor = check.floor
+
+    def run(monitor, mode, epochs):
+        run_dir = tmp_path / monitor
+        run_dir.mkdir()
+        cbs, _ = callbacks_lib.build_callbacks(str(run_dir), save_every_epoch=False, keep_best=(monitor, mode),
+                                               sure_check=check)
+        (keep,) = [cb for cb in cbs if isinstance(cb, callbacks_lib.KeepBest)]
+        assert check in cbs
+        keep.set_model(model)
+        cbs[0].set_model(model)  # the StopOnBlowUp watch KeepBest asks
+        keep.on_train_begin()
+        for epoch, logs in enumerate(epochs):
+            keep.on_epoch_end(epoch, logs)
+        return json.load(open(run_dir / "best.json"))
+
+    epochs = [{"val_loss": 3e-3, "val_sure": 1e-3, "sure": 1e-3, "val_psnr": 30.0},
+              {"val_loss": 10 * floor, "val_sure": 10 * floor, "sure": 1e-3, "val_psnr": 31.0},  # held-out collapse
+              {"val_loss": 1e-3, "val_sure": 5e-4, "sure": 10 * floor, "val_psnr": 29.0},  # training collapse
+              {"val_loss": 2e-3, "val_sure": 0.5 * floor, "sure": 1e-3, "val_psnr": 28.0}]  # within SURE's noise
+    with caplog.at_level("WARNING"):
+        assert run("val_loss", "min", epochs) == {"epoch": 4, "monitor": "val_loss", "value": 2e-3}
+    assert "epoch 2: val_loss" in caplog.text and "epoch 3: val_loss" in caplog.text
+    # Against ground truth the PSNR is the judge: the SURE check does not apply.
+    assert run("val_psnr", "max", epochs)["epoch"] == 2
+
+
 # ------------------------------------------------------------------- shipped models
 
 def test_shipped_models_load_by_name_and_match_their_index():
