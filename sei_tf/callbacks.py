@@ -127,8 +127,7 @@ class KeepBest(keras.callbacks.Callback):
             return
         if self.trusted is not None and not self.trusted(logs):
             logging.warning(f"epoch {epoch + 1}: {self.monitor} = {float(value):.4g} would be the best so far, "
-                            f"but SURE no longer measures the error there; {os.path.basename(self.path)} keeps "
-                            "the earlier epoch.")
+                            f"but SURE no longer measures the error there: not kept in {os.path.basename(self.path)}.")
             return
         self.best = float(value)
         tmp = self.path + ".tmp.keras"
