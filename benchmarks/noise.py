@@ -170,7 +170,8 @@ def write_report(cfg, rows, results_dir):
              f"batch {cfg['batch_size']}, {cfg['patch_size']}-px measurement patches, Adam "
              f"{cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (blur), constant then linear decay, seed {cfg['seed']}, "
              f"precision {cfg.get('precision', 'float32')}, SURE's probe step tau "
-             f"{cfg.get('tau', losses.DEFAULT_TAU):g}. Far from convergence: read differences under ~0.2 dB as noise. PSNR/SSIM: 8-bit luma, full test images, mean ± std over the 3 test images.",
+             f"{cfg.get('tau', losses.DEFAULT_TAU):g}. Far from convergence: read differences under ~0.2 dB as "
+             "noise. PSNR/SSIM: 8-bit luma, full test images, mean ± std over the 3 test images.",
              f"CPU: {cpu_model()}.", "", "Rows:", ""]
     lines += [f"- `{k}`: {v}" for k, v in ROWS.items()]
     lines += ["", "| Task | Photons at full scale | Row | noise trained with | PSNR (dB) | vs matching SURE | "
