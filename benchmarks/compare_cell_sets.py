@@ -47,25 +47,24 @@ flags.DEFINE_string("b_method", None, "... with this method of B, task by task (
 def compare(cells_a, cells_b, a_method=None, b_method=None):
     """One row per (task, method) both finished on a common seed, in the order of cells_a.
 
-    With a_method and b_method: one row per task, method a_method of A against b_method of B
-    (the row's "method" is "b_method vs a_method").
+    With a_method and b_method: one row per task, method a_method of A against b_method of B.
+    A row names both ("method_a", "method_b").
     """
     rows = []
     if a_method is None:
-        pairs = {(t, m, m): None for t, m, _ in cells_a}
+        pairs = dict.fromkeys((t, m, m) for t, m, _ in cells_a)
     else:
-        pairs = {(t, a_method, b_method): None for t, m, _ in cells_a if m == a_method}
+        pairs = dict.fromkeys((t, a_method, b_method) for t, m, _ in cells_a if m == a_method)
     for task, method_a, method_b in pairs:
         seeds = sorted(s for t, m, s in cells_a if (t, m) == (task, method_a) and (t, method_b, s) in cells_b)
         if not seeds:
             continue
         a = [cells_a[task, method_a, s] for s in seeds]
         b = [cells_b[task, method_b, s] for s in seeds]
-        method = method_a if method_a == method_b else f"{method_b} vs {method_a}"
         if any(x["test_names"] != a[0]["test_names"] for x in a + b):
-            raise ValueError(f"{task}/{method}: the two configurations were tested on different images.")
+            raise ValueError(f"{task}/{method_b}: the two configurations were tested on different images.")
         mean, low, high = paired_interval(per_image_difference(list(zip(b, a))))
-        rows.append({"task": task, "method": method, "seeds": seeds,
+        rows.append({"task": task, "method_a": method_a, "method_b": method_b, "seeds": seeds,
                      "psnr_a": sum(c["psnr_mean"] for c in a) / len(a),
                      "psnr_b": sum(c["psnr_mean"] for c in b) / len(b),
                      "per_seed": [cb["psnr_mean"] - ca["psnr_mean"] for ca, cb in zip(a, b)],
@@ -81,7 +80,9 @@ def table(rows, label_a, label_b):
         interval = f"{r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}]"
         if r["low"] > 0 or r["high"] < 0:
             interval = f"**{interval}**"
-        method = " vs ".join(METHOD_LABELS.get(m, m) for m in r["method"].split(" vs "))
+        method = METHOD_LABELS.get(r["method_b"], r["method_b"])
+        if r["method_a"] != r["method_b"]:
+            method += f" vs {METHOD_LABELS.get(r['method_a'], r['method_a'])}"
         lines.append(f"| {r['task']} | {method} | "
                      f"{','.join(map(str, r['seeds']))} | {r['psnr_a']:.2f} | {r['psnr_b']:.2f} | "
                      f"{' / '.join(f'{d:+.2f}' for d in r['per_seed'])} | {interval} |")

@@ -172,17 +172,21 @@ class WarnNegativeSURE(keras.callbacks.Callback):
         keys = [t.name for t in terms] + [f"val_{t.name}" for t in terms]
         return cls(keys, -0.1 * variance, terms[0].tau)
 
+    def below_floor(self, logs):
+        """{key: value} of the watched SURE means in these epoch logs that are below the floor."""
+        logs = logs or {}
+        return {k: float(logs[k]) for k in self.keys if k in logs and float(logs[k]) < self.floor}
+
     def trusted(self, logs):
         """False when a watched SURE mean of these epoch logs is below the floor."""
-        return not any(float(v) < self.floor for v in ((logs or {}).get(k) for k in self.keys) if v is not None)
+        return not self.below_floor(logs)
 
     def on_epoch_end(self, epoch, logs=None):
-        for key in self.keys:
-            value = (logs or {}).get(key)
-            if key in self.warned or value is None or not float(value) < self.floor:
+        for key, value in self.below_floor(logs).items():
+            if key in self.warned:
                 continue
             self.warned.add(key)
-            logging.warning(f"epoch {epoch + 1}: mean {key} = {float(value):.3g}, below {self.floor:.3g}. SURE "
+            logging.warning(f"epoch {epoch + 1}: mean {key} = {value:.3g}, below {self.floor:.3g}. SURE "
                             "estimates a squared error, so it has stopped measuring the error: the network has "
                             f"learned to answer the divergence probe (step tau = {self.tau:g}) differently from real "
                             "measurements. The restorer degrades from here (a best.keras keeps no such epoch). "

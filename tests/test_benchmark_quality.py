@@ -441,7 +441,8 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     b = summary(tmp_path / "b.json", {0: [cell("sei", [31.0, 31.0, 33.0])],
                                       1: [cell("sei", [30.0, 31.0, 32.0])]})
     rows = cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b))
-    assert [(r["task"], r["method"], r["seeds"]) for r in rows] == [("sr_x2", "sei", [0, 1])]  # seed 2, SURE: A only
+    assert [(r["task"], r["method_a"], r["method_b"], r["seeds"]) for r in rows] == [
+        ("sr_x2", "sei", "sei", [0, 1])]  # seed 2, SURE: A only
     r = rows[0]
     # Per image, B - A averaged over seeds 0 and 1: (1+0)/2, (0+1)/2, (1+2)/2.
     mean, low, high = cc.paired_interval([0.5, 0.5, 1.5])
@@ -450,7 +451,7 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     assert r["psnr_a"] == pytest.approx((31.0 + 30.0) / 2) and r["psnr_b"] == pytest.approx((95 / 3 + 31.0) / 2)
     # One method of A against another of B: SEI of B against SURE of A, on seed 0 only (A has SURE there).
     rows = cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b), "sure", "sei")
-    assert [(r["task"], r["method"], r["seeds"]) for r in rows] == [("sr_x2", "sei vs sure", [0])]
+    assert [(r["task"], r["method_a"], r["method_b"], r["seeds"]) for r in rows] == [("sr_x2", "sure", "sei", [0])]
     assert rows[0]["diff"] == pytest.approx((2.0 + 2.0 + 4.0) / 3)
     assert rows[0]["psnr_a"] == pytest.approx(29.0)
     assert cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(b), "sure", "sure") == []  # B has no SURE
