@@ -90,12 +90,13 @@ def new_model(task_key, channels, cfg):
     """The untrained SEIModel: default cnn backbone (its default initialisation), SEI objective."""
     import keras
 
-    from sei_tf import models, sei_model
+    from sei_tf import models, noise, sei_model
 
     keras.utils.set_random_seed(cfg["seed"])
     op = quality.make_physics(task_key)
     backbone = models.build("cnn", upscale=op.upscale, channels=channels, precision=cfg.get("precision", "float32"))
-    return sei_model.SEIModel(backbone, op, objective="sei", seed=cfg["seed"])
+    # The shipped restorers were trained at the paper's probe step.
+    return sei_model.SEIModel(backbone, op, objective="sei", seed=cfg["seed"], tau=noise.METHOD_TAU)
 
 
 def initialisers(backbone):
@@ -176,7 +177,8 @@ def ship(name, model, td, cfg, state, patch, lr, scores):
     from sei_tf import models, pretrained, sei_model
 
     backbone = models.as_float32(model.backbone)
-    shipped = sei_model.SEIModel(backbone, model.physics, objective=model.method, seed=model.seed)
+    shipped = sei_model.SEIModel(backbone, model.physics, objective=model.method, seed=model.seed,
+                                 tau=model.objective[0].tau)
     os.makedirs(FLAGS.ship_dir, exist_ok=True)
     path = os.path.join(FLAGS.ship_dir, name + ".keras")
     tmp = path + ".tmp.keras"

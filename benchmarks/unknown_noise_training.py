@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 from noise_estimation import RESULTS, cpu_model, grey  # noqa: E402
 from sei_tf import evaluate, models, noise_estimation, objectives, physics, sei_model, unsure  # noqa: E402
+from sei_tf.noise import METHOD_TAU  # noqa: E402  (the step the committed results used)
 
 TRAIN = ("brick", "grass", "gravel", "moon", "astronaut", "retina", "chelsea", "coffee", "rocket")
 TEST = ("camera", "coins")
@@ -89,7 +90,8 @@ def train(objective, noise_sigma, train_y, steps, seed=0):
     keras.utils.set_random_seed(seed)
     op = physics.make("sr", factor=2, noise_sigma=noise_sigma)
     backbone = models.build("cnn", upscale=2, channels=1, features=32, num_blocks=4)
-    model = sei_model.SEIModel(backbone, op, objective=objective, seed=seed)
+    options = {"tau": METHOD_TAU} if isinstance(objective, str) else {}
+    model = sei_model.SEIModel(backbone, op, objective=objective, seed=seed, **options)
     model.compile(optimizer=keras.optimizers.Adam(sei_model.DelayedLinearDecay(1e-3, steps)))
     epochs = 10
     t0 = time.perf_counter()
@@ -119,8 +121,8 @@ def main():
     estimated = noise_estimation.estimate_gaussian(train_y)
     print(f"true sigma {args.sigma:g}, estimated {estimated:.3f}", flush=True)
     def from_estimate():
-        terms = objectives.preset("sei_unsure", upscale=2)
-        terms[0] = unsure.UNSURE(initial_sigma=estimated)
+        terms = objectives.preset("sei_unsure", upscale=2, tau=METHOD_TAU)
+        terms[0] = unsure.UNSURE(initial_sigma=estimated, tau=METHOD_TAU)
         return objectives.check(terms)
 
     plan = {"true": ("true sigma", "sei", args.sigma), "estimated": ("estimated sigma", "sei", estimated),

@@ -78,10 +78,6 @@ def _rademacher(shape, seed):
     return tf.sign(rng.uniform(shape, seed) - 0.5)
 
 
-# The method's step of the divergence probe, in [0, 1] intensity units (method.md).
-DEFAULT_TAU = 0.01
-
-
 def probe_response(x_net, y, b, physics, model, tau):
     """(A f(y + tau b) - A f(y)) / tau: how A f moves along the probe b (one more restorer pass)."""
     return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
@@ -154,7 +150,9 @@ def sure_poisson_gaussian(x_net, y, physics, model, seed, tau):
 
 
 def check_tau(tau):
-    """`tau` as a float; raises SeiTfError unless it is > 0."""
+    """`tau` as a float, or None (the noise model's `sure_tau`); raises SeiTfError unless it is > 0."""
+    if tau is None:
+        return None
     tau = float(tau)
     if not tau > 0:
         raise SeiTfError(f"The divergence step tau must be > 0, got {tau}.")
@@ -170,20 +168,26 @@ SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
 class SURE(LossTerm):
     """Stein's unbiased risk estimate, with the estimator that fits the physics' noise model.
 
-    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units).
+    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units);
+    None (the default) takes the noise model's `sure_tau`: 0.001 for Gaussian noise,
+    the method's 0.01 for Poisson and Poisson-Gaussian noise.
     """
 
     default_name = "sure"
 
-    def __init__(self, tau=DEFAULT_TAU, name=None, weight=1.0):
+    def __init__(self, tau=None, name=None, weight=1.0):
         super().__init__(name, weight)
         self.tau = check_tau(tau)
+
+    def step(self, noise):
+        """The probe step used with this noise model ([0, 1] units)."""
+        return noise.sure_tau if self.tau is None else self.tau
 
     def __call__(self, x_net, y, physics, model, seed, x=None):
         key = physics.noise.sure_estimator
         if key not in SURE_ESTIMATORS:
             raise SeiTfError(f"No SURE estimator for {physics.noise.describe()}.")
-        return SURE_ESTIMATORS[key](x_net, y, physics, model, seed, self.tau)
+        return SURE_ESTIMATORS[key](x_net, y, physics, model, seed, self.step(physics.noise))
 
     def get_config(self):
         return {**super().get_config(), "tau": self.tau}

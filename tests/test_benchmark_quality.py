@@ -257,6 +257,8 @@ def test_cell_set_key_of_the_committed_results(quality):
     assert quality.cell_set_key(configs["0.001"], sources, set(quality.TEST_NAMES))[1] != keys["torch"]
     sure = quality.build_model("sr_x2", "sure", configs["0.001"]).objective[0]
     assert sure.name == "sure" and sure.tau == 0.001
+    # A cell without "tau" was trained at the paper's step, whatever the library's default is now.
+    assert quality.build_model("sr_x2", "sei", configs["0.01"]).objective[0].tau == 0.01
     # Reports name a non-default step and say nothing for the default.
     report = quality.quality_report
     assert report.tau_text(configs["0.01"]) == "" and "tau = 0.001" in report.tau_text(configs["0.001"])

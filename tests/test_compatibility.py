@@ -19,7 +19,7 @@ def test_v0_1_keras_models_load_with_their_objective(name, physics_type, method,
     model = keras.saving.load_model(os.path.join(FIXTURES, name + ".keras"))
     assert isinstance(model, sei_model.SEIModel) and type(model.physics) is physics_type
     assert model.method == method and [t.name for t in model.objective] == terms
-    assert model.seed == 3
+    assert model.seed == 3 and model.objective[0].tau == 0.01  # trained at the paper's step, kept
     y = np.load(os.path.join(FIXTURES, name + "_input.npy"))
     np.testing.assert_array_equal(model.predict(y, verbose=0), np.load(os.path.join(FIXTURES, name + "_output.npy")))
     if method == "sei":  # the saved options: alpha 0.5, no stop-gradient

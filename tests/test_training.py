@@ -200,7 +200,8 @@ def test_a_negative_epoch_mean_of_sure_is_warned_about_once(caplog):
     gaussian = noise.Gaussian(5.0)
     check = callbacks.WarnNegativeSURE.for_objective(objectives.preset("sei"), gaussian)
     floor = -0.1 * (5.0 / 255) ** 2
-    assert check.keys == ["sure", "val_sure"] and check.floor == pytest.approx(floor) and check.tau == 0.01
+    assert check.keys == ["sure", "val_sure"] and check.floor == pytest.approx(floor) and check.tau == 0.001
+    assert callbacks.WarnNegativeSURE.for_objective(objectives.preset("sei", tau=0.01), gaussian).tau == 0.01
     with caplog.at_level("WARNING"):
         check.on_epoch_end(0, {"sure": 2e-4, "val_sure": 0.5 * floor, "seq": -1.0})  # noise around 0: quiet
         assert not caplog.records

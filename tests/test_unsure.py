@@ -61,7 +61,7 @@ def _sr_case():
 
 def test_value_and_network_gradient_are_those_of_sure_with_the_learned_variance():
     op, net, y = _sr_case()
-    term = unsure.UNSURE(initial_sigma=7.0)
+    term = unsure.UNSURE(initial_sigma=7.0, tau=0.01)
     known = physics.make("sr", factor=2, noise_sigma=7.0)  # SURE told the same sigma
     seed = tf.constant([3, 4])
     with tf.GradientTape(persistent=True) as tape:
