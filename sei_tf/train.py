@@ -332,10 +332,13 @@ def train():
                                 f"than --patch_size {FLAGS.patch_size}. Lower --patch_size or remove the image.")
 
     factor = op.upscale
+    # Every measurement's ground truth, paired once over all files (a missing partner is an error
+    # here), so that the training and held-out subsets each take their own partners.
+    truth_of = {m: g for _, m, g in data.pair_files(all_files, FLAGS.ground_truth)} if FLAGS.ground_truth else {}
     files, images, held_out = split_holdout(files, images, names)
     if supervised:
-        dataset = data.paired_patch_dataset(files, FLAGS.ground_truth, FLAGS.patch_size, FLAGS.batch_size,
-                                            channels, factor=factor, seed=FLAGS.seed,
+        dataset = data.paired_patch_dataset(files, [truth_of[f] for f in files], FLAGS.patch_size,
+                                            FLAGS.batch_size, channels, factor=factor, seed=FLAGS.seed,
                                             dihedral=FLAGS.dihedral)
     else:
         dataset = data.measurement_dataset(images, FLAGS.patch_size, FLAGS.batch_size, channels,
@@ -344,7 +347,7 @@ def train():
     if FLAGS.ground_truth:
         # PSNR/SSIM on the held-out measurements, or on all of them when none is held out.
         checked = [f for f in all_files if f not in files] or all_files
-        validation = data.paired_dataset(checked, FLAGS.ground_truth, channels, factor=factor)
+        validation = data.paired_dataset(checked, [truth_of[f] for f in checked], channels, factor=factor)
         # A known length: Keras would otherwise warn that the input "ran out of data" every run.
         validation = validation.apply(tf.data.experimental.assert_cardinality(len(checked)))
     elif held_out:

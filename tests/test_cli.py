@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -309,6 +310,35 @@ def test_simulate_output_folder_is_accepted_as_measurements(work, dataset):
 
     model = loading.load_model(str(work / "run_parent"))
     assert model.objective[0].name == "sure" and model.objective[0].tau == 0.02
+
+
+def test_held_out_measurements_take_their_own_ground_truth(work, dataset):
+    """--holdout with --ground_truth: training pairs only its files, validation only the held-out ones.
+
+    Both used to be paired against the whole ground-truth folder, which then had images
+    "without measurement" (the demo broke on it). Supervised, so both pairings run.
+    """
+    run_dir = work / "run_holdout"
+    result = succeeded(cli("sei_tf.train", "--measurements", dataset / "measurements", "--ground_truth",
+                           dataset / "ground_truth", "--method", "supervised", "--holdout", 0.5,
+                           "--output", run_dir, "--epochs", 1, "--steps_per_epoch", 1, *TINY))
+    held = re.search(r"Holding out (\d+) of 3 measurements", result.stderr)
+    assert held and 1 <= int(held.group(1)) <= 2, result.stderr[-3000:]
+    assert math.isfinite(float(read_log(run_dir)[-1]["val_psnr"]))
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step(tmp_path):
+    """The README's first command (`sei_tf.demo`), with training cut to 2 steps: every step succeeds."""
+    out = tmp_path / "demo"
+    result = succeeded(cli("sei_tf.demo", "--output", out, "--epochs", 1, "--steps_per_epoch", 2, timeout=600))
+    assert "demo finished" in result.stdout
+    measurements = sorted(os.path.splitext(f)[0] for f in os.listdir(out / "data" / "measurements")
+                          if f.endswith(".tif"))
+    assert len(measurements) == 9
+    for folder in ("restored", "restored_onnx"):
+        assert sorted(os.path.splitext(f)[0] for f in os.listdir(out / folder)) == measurements
+    assert (out / "run" / "restorer.onnx").exists() and (out / "run" / "evaluation.csv").exists()
 
 
 def test_existing_results_are_not_overwritten(work, dataset, trained, restored):
