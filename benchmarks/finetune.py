@@ -94,7 +94,7 @@ def run(start, n, train, test, op):
     """One training run; returns {"steps": [...], "psnr": [...], "minutes": m}."""
     import keras
 
-    from sei_tf import data, finetune, models, noise, sei_model
+    from sei_tf import data, finetune, losses, models, sei_model
 
     keras.utils.set_random_seed(FLAGS.seed)
     if start == "finetune":
@@ -105,7 +105,7 @@ def run(start, n, train, test, op):
         backbone = models.build("cnn", upscale=op.upscale, channels=1)
         lr, l2sp = FLAGS.lr, 0.0
     model = sei_model.SEIModel(backbone, op, objective="sei", seed=FLAGS.seed, l2sp=l2sp,
-                               tau=noise.METHOD_TAU)  # the step of the committed results
+                               tau=losses.METHOD_TAU)  # the step of the committed results
     model.compile(keras.optimizers.Adam(sei_model.DelayedLinearDecay(lr, FLAGS.steps)))
     ys = [y for _, y, _ in train[:n]]
     ds = data.measurement_dataset(ys, FLAGS.patch_size, FLAGS.batch_size, 1, seed=FLAGS.seed, factor=op.upscale)

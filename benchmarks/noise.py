@@ -155,7 +155,7 @@ def row_spec(row, level, td):
 
 
 def write_report(cfg, rows, results_dir):
-    from sei_tf import noise as noise_lib
+    from sei_tf import losses
 
     by = {(r["task"], r["level"], r["row"]): r for r in rows}
     lines = ["# SEI on Poisson-Gaussian noise (issue 11, item 5)", "",
@@ -170,7 +170,7 @@ def write_report(cfg, rows, results_dir):
              f"batch {cfg['batch_size']}, {cfg['patch_size']}-px measurement patches, Adam "
              f"{cfg['lr_sr']:g} (SR) / {cfg['lr_deblur']:g} (blur), constant then linear decay, seed {cfg['seed']}, "
              f"precision {cfg.get('precision', 'float32')}, SURE's probe step tau "
-             f"{cfg.get('tau', noise_lib.METHOD_TAU):g}. Far from convergence: read differences under ~0.2 dB as "
+             f"{cfg.get('tau', losses.METHOD_TAU):g}. Far from convergence: read differences under ~0.2 dB as "
              "noise. PSNR/SSIM: 8-bit luma, full test images, mean ± std over the 3 test images.",
              f"CPU: {cpu_model()}.", "", "Rows:", ""]
     lines += [f"- `{k}`: {v}" for k, v in ROWS.items()]

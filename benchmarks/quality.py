@@ -156,8 +156,8 @@ flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16", "float16"
                   "fast, which matched float32 within 0.04 dB: results/bfloat16/). float32 cells keep their "
                   "cache keys.")
 flags.DEFINE_float("tau", None, "Step of SURE's Monte-Carlo divergence for the methods with a SURE term (default "
-                   "0.01: the benchmark keeps the paper's protocol, though the library's default for Gaussian noise "
-                   "is 0.001). Cells at 0.01 keep their cache keys.")
+                   "0.01: the benchmark keeps the paper's protocol, though the library's default is 0.001). Cells "
+                   "at 0.01 keep their cache keys.")
 flags.DEFINE_string("results_dir", os.path.join(HERE, "results"), "Where tables and figures go.")
 flags.DEFINE_string("cache_dir", os.path.join(HERE, "cache"), "Simulated data, finished cells, checkpoints.")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0: TensorFlow's default, all cores).")
@@ -224,9 +224,9 @@ def resolve_config():
         cfg["split"] = FLAGS.split
     if FLAGS.learning_rates:
         cfg["learning_rates"] = load_learning_rates(FLAGS.learning_rates)
-    from sei_tf import noise as noise_lib, precision
+    from sei_tf import losses, precision
 
-    if FLAGS.tau is not None and FLAGS.tau != noise_lib.METHOD_TAU:
+    if FLAGS.tau is not None and FLAGS.tau != losses.METHOD_TAU:
         cfg["tau"] = FLAGS.tau
 
     compute_type, why = precision.resolve(FLAGS.precision)
@@ -398,7 +398,7 @@ def build_model(task_key, method, cfg, physics=None):
     """
     import keras
 
-    from sei_tf import models, noise as noise_lib, sei_model
+    from sei_tf import losses, models, sei_model
 
     keras.utils.set_random_seed(cfg["seed"])
     op = physics or make_physics(task_key)
@@ -407,7 +407,7 @@ def build_model(task_key, method, cfg, physics=None):
         args.setdefault("init", CNN_INIT_BEFORE_OPTION)
     backbone = models.build(cfg["backbone"], upscale=op.upscale, channels=3,
                             precision=cfg.get("precision", "float32"), **args)
-    tau = cfg.get("tau", noise_lib.METHOD_TAU)  # a cell without "tau" ran at the paper's step
+    tau = cfg.get("tau", losses.METHOD_TAU)  # a cell without "tau" ran at the paper's step
     return sei_model.SEIModel(backbone, op, objective=METHODS[method], seed=cfg["seed"], tau=tau)
 
 

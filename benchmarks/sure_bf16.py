@@ -44,10 +44,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from sei_tf import losses, noise, physics, precision  # noqa: E402
+from sei_tf import losses, physics, precision  # noqa: E402
 from sei_tf.models import ResidualCNN, SwinIR  # noqa: E402
 
-TAU = noise.METHOD_TAU  # the method's step (0.01); --tau changes it (and the report's name)
+TAU = losses.METHOD_TAU  # the method's step (0.01); --tau changes it (and the report's name)
 
 
 class AllReducedCNN(ResidualCNN):

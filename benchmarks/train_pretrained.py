@@ -90,13 +90,13 @@ def new_model(task_key, channels, cfg):
     """The untrained SEIModel: default cnn backbone (its default initialisation), SEI objective."""
     import keras
 
-    from sei_tf import models, noise, sei_model
+    from sei_tf import losses, models, sei_model
 
     keras.utils.set_random_seed(cfg["seed"])
     op = quality.make_physics(task_key)
     backbone = models.build("cnn", upscale=op.upscale, channels=channels, precision=cfg.get("precision", "float32"))
     # The shipped restorers were trained at the paper's probe step.
-    return sei_model.SEIModel(backbone, op, objective="sei", seed=cfg["seed"], tau=noise.METHOD_TAU)
+    return sei_model.SEIModel(backbone, op, objective="sei", seed=cfg["seed"], tau=losses.METHOD_TAU)
 
 
 def initialisers(backbone):

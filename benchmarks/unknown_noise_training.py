@@ -41,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 from noise_estimation import RESULTS, cpu_model, grey  # noqa: E402
 from sei_tf import evaluate, models, noise_estimation, objectives, physics, sei_model, unsure  # noqa: E402
-from sei_tf.noise import METHOD_TAU  # noqa: E402  (the step the committed results used)
+from sei_tf.losses import METHOD_TAU  # noqa: E402  (the step the committed results used)
 
 TRAIN = ("brick", "grass", "gravel", "moon", "astronaut", "retina", "chelsea", "coffee", "rocket")
 TEST = ("camera", "coins")

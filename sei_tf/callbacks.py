@@ -170,7 +170,7 @@ class WarnNegativeSURE(keras.callbacks.Callback):
         if not terms or variance <= 0:
             return None
         keys = [t.name for t in terms] + [f"val_{t.name}" for t in terms]
-        return cls(keys, -0.1 * variance, terms[0].step(noise))
+        return cls(keys, -0.1 * variance, terms[0].tau)
 
     def below_floor(self, logs):
         """{key: value} of the watched SURE means in these epoch logs that are below the floor."""

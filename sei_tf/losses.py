@@ -78,6 +78,15 @@ def _rademacher(shape, seed):
     return tf.sign(rng.uniform(shape, seed) - 0.5)
 
 
+# The step of SURE's divergence probe in the SEI paper (method.md), [0, 1] intensity units.
+METHOD_TAU = 0.01
+# sei-tf's default step. A probe y + tau b adds tau^2 to the input's noise variance: at
+# 0.01 that is 26% for Gaussian noise of 5/255, and more in the dark parts of photon-counting
+# measurements, enough for restorers to learn to recognise probed inputs and answer them
+# differently; SURE then collapsed in long runs (benchmarks/results/probe_noise_level*.md).
+DEFAULT_TAU = 0.001
+
+
 def probe_response(x_net, y, b, physics, model, tau):
     """(A f(y + tau b) - A f(y)) / tau: how A f moves along the probe b (one more restorer pass)."""
     return (physics.A(model(y + tau * b)) - physics.A(x_net)) / tau
@@ -150,9 +159,7 @@ def sure_poisson_gaussian(x_net, y, physics, model, seed, tau):
 
 
 def check_tau(tau):
-    """`tau` as a float, or None (the noise model's `sure_tau`); raises SeiTfError unless it is > 0."""
-    if tau is None:
-        return None
+    """`tau` as a float; raises SeiTfError unless it is > 0."""
     tau = float(tau)
     if not tau > 0:
         raise SeiTfError(f"The divergence step tau must be > 0, got {tau}.")
@@ -168,26 +175,21 @@ SURE_ESTIMATORS = {"gaussian": sure_gaussian, "poisson": sure_poisson,
 class SURE(LossTerm):
     """Stein's unbiased risk estimate, with the estimator that fits the physics' noise model.
 
-    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units);
-    None (the default) takes the noise model's `sure_tau`: 0.001 for Gaussian noise,
-    the method's 0.01 for Poisson and Poisson-Gaussian noise.
+    `tau` is the step of the Monte-Carlo divergence (in [0, 1] intensity units;
+    DEFAULT_TAU = 0.001, a tenth of the paper's METHOD_TAU).
     """
 
     default_name = "sure"
 
-    def __init__(self, tau=None, name=None, weight=1.0):
+    def __init__(self, tau=DEFAULT_TAU, name=None, weight=1.0):
         super().__init__(name, weight)
         self.tau = check_tau(tau)
-
-    def step(self, noise):
-        """The probe step used with this noise model ([0, 1] units)."""
-        return noise.sure_tau if self.tau is None else self.tau
 
     def __call__(self, x_net, y, physics, model, seed, x=None):
         key = physics.noise.sure_estimator
         if key not in SURE_ESTIMATORS:
             raise SeiTfError(f"No SURE estimator for {physics.noise.describe()}.")
-        return SURE_ESTIMATORS[key](x_net, y, physics, model, seed, self.step(physics.noise))
+        return SURE_ESTIMATORS[key](x_net, y, physics, model, seed, self.tau)
 
     def get_config(self):
         return {**super().get_config(), "tau": self.tau}

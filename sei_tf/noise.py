@@ -36,14 +36,6 @@ import tensorflow as tf
 from sei_tf import rng
 from sei_tf.errors import PhysicsError
 
-# The step of SURE's divergence probe in the SEI paper (method.md), [0, 1] units.
-METHOD_TAU = 0.01
-# The step used with Gaussian noise: the probe y + tau b raises the input's noise
-# variance by tau^2 / sigma^2 (26% at tau = 0.01 and sigma = 5/255, 0.26% at 0.001).
-# At 0.01 SEI restorers learned to recognise inputs that noisy and to answer them
-# differently, and SURE collapsed (benchmarks/results/probe_noise_level*.md).
-GAUSSIAN_TAU = 0.001
-
 
 class Noise:
     """Base class. `sample(ax, seed)` returns a noisy measurement around `ax`.
@@ -51,13 +43,9 @@ class Noise:
     The SURE estimators read two numbers from a noise model, both in [0, 1] units:
     `gain` (the Poisson part, `Var` grows by `gain * A x`; 0 without one) and
     `gaussian_variance` (the signal-independent part, `std^2`).
-    `sure_tau` is the step of SURE's divergence probe `y + tau b` used with this
-    noise unless one is given (`losses.SURE(tau=None)`), in [0, 1] units: the
-    method's 0.01 (Scanvic et al.), except for Gaussian noise (see `Gaussian`).
     """
 
     sure_estimator = None
-    sure_tau = METHOD_TAU
     gain = 0.0
     gaussian_variance = 0.0
 
@@ -121,11 +109,9 @@ class Gaussian(Noise):
     """Additive white Gaussian noise: `y = A x + e`, `e ~ N(0, std^2)`.
 
     `sigma` is in 8-bit units (5 means 5/255); `std` is the same in [0, 1] units.
-    SURE's probe step is GAUSSIAN_TAU = 0.001 here, not the method's 0.01.
     """
 
     sure_estimator = "gaussian"
-    sure_tau = GAUSSIAN_TAU
 
     def __init__(self, sigma=5.0):
         self.sigma = _check_sigma(sigma, "Gaussian")
@@ -253,10 +239,6 @@ class Quantized(Noise):
     @property
     def sure_estimator(self):
         return self.noise.sure_estimator
-
-    @property
-    def sure_tau(self):
-        return self.noise.sure_tau
 
     @property
     def gain(self):

@@ -11,9 +11,8 @@ weighted sum of the terms. The SEI objective (Scanvic et al., arXiv 2312.11232):
     L_SEQ = ||f(y2) - x2||^2 / n                                         (losses.Equivariance)
     L = L_SURE + alpha * L_SEQ,  alpha = 1
 
-The paper's probe step is tau = 0.01; by default sei-tf takes the noise model's
-`sure_tau` (`sei_tf.noise`): 0.001 for Gaussian noise, where 0.01 let SEI's SURE
-collapse in long runs, and 0.01 for Poisson and Poisson-Gaussian noise.
+The paper's probe step is tau = 0.01; sei-tf's default is 0.001 (`losses.DEFAULT_TAU`):
+at 0.01 SEI's SURE collapsed in long runs, with Gaussian and with Poisson-Gaussian noise.
 
 The presets are the methods of the paper's comparison; the command line and the
 benchmarks use them by name.
@@ -28,7 +27,7 @@ PRESETS = ("sei", "sei_no_stop_gradient", "sei_unsure", "sure", "ei_shift", "ei_
            "supervised", "supervised_scale")
 
 
-def preset(name, alpha=1.0, stop_gradient=True, tau=None, scale_factors=(0.75, 0.5), scale_kind="padded",
+def preset(name, alpha=1.0, stop_gradient=True, tau=losses.DEFAULT_TAU, scale_factors=(0.75, 0.5), scale_kind="padded",
            upscale=1):
     """The list of terms of a named method.
 
@@ -46,7 +45,7 @@ def preset(name, alpha=1.0, stop_gradient=True, tau=None, scale_factors=(0.75, 0
     - "supervised_scale": MSE against ground truth, plus the same on measurements
       simulated from ground truth rescaled by SEI's transform
       (`losses.SimulatedSupervised`): supervised learning with the augmentation SEI sees.
-    `tau` is SURE's probe step (None: the noise model's, `losses.SURE`);
+    `tau` is SURE's probe step (`losses.SURE`);
     `stop_gradient=False` turns any equivariance term into its ablation; `upscale` is
     the physics' upscale (the "resize" scale transform keeps sizes multiples of it).
     """

@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Defines the command-line flags (only when run as a program: importing has no side effects)."""
-    from sei_tf import objectives, precision
+    from sei_tf import losses, objectives, precision
 
     flags.DEFINE_string("measurements", None, "Folder (or comma-separated files) of measurements.")
     flags.DEFINE_string("ground_truth", None, "Ground-truth folder: needed by --method supervised; "
@@ -42,10 +42,10 @@ def define_flags():
     flags.DEFINE_enum("method", "sei", list(objectives.PRESETS), "Training objective (see sei_tf.objectives).")
     flags.DEFINE_boolean("stop_gradient", True, "Stop the gradient through the equivariance target.")
     flags.DEFINE_float("alpha", 1.0, "Weight of the equivariance term.")
-    flags.DEFINE_float("tau", None, "Step of SURE's Monte-Carlo divergence probe y + tau b, in [0, 1] intensity "
-                       "units (> 0). Default: 0.001 with Gaussian noise, the method's 0.01 with Poisson or "
-                       "Poisson-Gaussian noise. With Gaussian noise of sigma 5/255, restorers trained at 0.01 learned "
-                       "to recognise the probe's extra noise and SURE collapsed in long runs.")
+    flags.DEFINE_float("tau", losses.DEFAULT_TAU, "Step of SURE's Monte-Carlo divergence probe y + tau b, in [0, 1] "
+                       "intensity units (> 0). The paper's is 0.01; there a probe adds enough noise for restorers "
+                       "to learn to recognise it, and SURE collapsed in long runs (Gaussian and Poisson-Gaussian "
+                       "noise).")
     flags.DEFINE_enum("backbone", "cnn", ["cnn", "swinir", "swinir_light"], "Restorer network.")
     flags.DEFINE_enum("precision", "float32", list(precision.CHOICES),
                       "Type the backbone computes in (physics and losses stay float32). auto: bfloat16 on a "
@@ -318,9 +318,8 @@ def train():
     objective = objectives.preset(FLAGS.method, alpha=FLAGS.alpha, stop_gradient=FLAGS.stop_gradient,
                                   tau=FLAGS.tau, upscale=op.upscale)
     for term in objective:
-        if hasattr(term, "step"):
-            logging.info("%s: divergence probe step tau = %g%s", term.name, term.step(op.noise),
-                         "" if FLAGS.tau else f" (the default for {op.noise.describe()})")
+        if hasattr(term, "tau"):
+            logging.info("%s: divergence probe step tau = %g", term.name, term.tau)
     supervised = objectives.needs_ground_truth(objective)
     if supervised and not FLAGS.ground_truth:
         raise TrainingError(f"--method {FLAGS.method} needs --ground_truth.")

@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from sei_tf import losses, rng
 from sei_tf.errors import SeiTfError
-from sei_tf.losses import Equivariance, LossTerm, check_tau, interior_mask
+from sei_tf.losses import DEFAULT_TAU, Equivariance, LossTerm, check_tau, interior_mask
 
 
 @keras.saving.register_keras_serializable(package="sei_tf")
@@ -52,8 +52,7 @@ class UNSURE(LossTerm):
     """SURE with a learned noise variance (Gaussian noise of unknown sigma).
 
     Args:
-      tau: step of the Monte-Carlo divergence ([0, 1] intensity units); None (the
-        default): the physics' noise model's `sure_tau` (0.001 for Gaussian noise).
+      tau: step of the Monte-Carlo divergence ([0, 1] intensity units).
       step_size: gradient-ascent step on the variance per training step
         (variance units per unit of 2 div / m; DeepInverse's default is 1e-4).
       initial_sigma: the variance's starting value, as a sigma in 8-bit units.
@@ -61,7 +60,7 @@ class UNSURE(LossTerm):
 
     default_name = "unsure"
 
-    def __init__(self, tau=None, step_size=1e-4, initial_sigma=0.0, name=None, weight=1.0):
+    def __init__(self, tau=DEFAULT_TAU, step_size=1e-4, initial_sigma=0.0, name=None, weight=1.0):
         super().__init__(name, weight)
         self.tau = check_tau(tau)
         self.step_size = float(step_size)
@@ -80,10 +79,6 @@ class UNSURE(LossTerm):
         """What SEIModel maximises the objective over (it calls `ascend` with their gradients)."""
         return [self.variance]
 
-    def step(self, noise):
-        """The probe step used with this noise model ([0, 1] units)."""
-        return noise.sure_tau if self.tau is None else self.tau
-
     @property
     def sigma(self):
         """The learned noise std in 8-bit units (a scalar tensor)."""
@@ -96,7 +91,7 @@ class UNSURE(LossTerm):
         b = rng.normal(shape, seed) * mask
         ax1 = physics.A(x_net)
         residual = tf.reduce_sum(tf.square((ax1 - y) * mask), axis=[1, 2, 3]) / m
-        response = losses.probe_response(x_net, y, b, physics, model, self.step(physics.noise))
+        response = losses.probe_response(x_net, y, b, physics, model, self.tau)
         divergence = tf.reduce_sum(b * response, axis=[1, 2, 3])
         v = tf.convert_to_tensor(self.variance)
         # d/dv of this is 2 div / m (the ascent direction); `- v` only makes the value SURE's.

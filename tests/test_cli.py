@@ -126,12 +126,12 @@ def trained(work, dataset):
                            dataset / "ground_truth", "--output", run_dir, "--epochs", 2, "--steps_per_epoch", 3,
                            *TINY))
     assert "model written to" in result.stdout
-    # SEI on Gaussian noise without --tau: the noise model's probe step, said in the log and kept as "default"
-    assert "sure: divergence probe step tau = 0.001 (the default for gaussian sigma 5/255)" in result.stderr
+    # Without --tau: sei-tf's probe step (0.001, not the paper's 0.01), said in the log and saved with the model
+    assert "sure: divergence probe step tau = 0.001" in result.stderr
     from sei_tf import loading
 
     sure = loading.load_model(str(run_dir)).objective[0]
-    assert sure.name == "sure" and sure.tau is None
+    assert sure.name == "sure" and sure.tau == 0.001
     return run_dir
 
 

@@ -67,32 +67,19 @@ def test_probe_response_is_the_finite_difference_of_a_f():
         np.testing.assert_allclose(got.numpy(), op.A(2.0 * y * b + tau * b * b).numpy(), rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec, step", [("gaussian:sigma=5", 0.001), ("gaussian:sigma=5,bits=8", 0.001),
-                                         ("poisson_gaussian:gain=0.05,sigma=2", 0.01), ("poisson:gain=0.01", 0.01)])
-def test_sure_default_step_is_the_noise_models(spec, step):
-    """SURE(tau=None) probes with the noise model's step: 0.001 for Gaussian noise, the method's 0.01 otherwise.
+def test_every_sure_term_probes_at_the_default_step_unless_told():
+    """Presets with a SURE term (SURE or UNSURE) probe at DEFAULT_TAU, a tenth of the paper's step, or at `tau`."""
+    from sei_tf import objectives
 
-    The restorer f(y) = y^2 is curved, so each step gives its own value (same seed, same probe).
-    """
-    from sei_tf import unsure
-
-    op = physics.Blur("gaussian:1", noise=spec)
-    assert op.noise.sure_tau == step
-    y = tf.constant(photo("coffee", 24)[None])
-    seed = tf.constant([5, 6])
-    default = losses.SURE()
-    assert default.tau is None and default.step(op.noise) == step
-    value = float(default(tf.square(y), y, op, tf.square, seed)[0])
-    assert value == float(losses.SURE(tau=step)(tf.square(y), y, op, tf.square, seed)[0])
-    other = 0.01 if step == 0.001 else 0.001
-    assert value != float(losses.SURE(tau=other)(tf.square(y), y, op, tf.square, seed)[0])
-    # The default survives serialisation as "the noise model's", not as a number.
-    assert losses.SURE.from_config(default.get_config()).tau is None
-    if op.noise.sure_estimator == "gaussian":  # UNSURE (Gaussian noise of unknown level) follows the same rule
-        learned = unsure.UNSURE(initial_sigma=5.0)
-        pinned = unsure.UNSURE(initial_sigma=5.0, tau=step)
-        assert float(learned(tf.square(y), y, op, tf.square, seed)[0]) == float(
-            pinned(tf.square(y), y, op, tf.square, seed)[0])
+    assert losses.DEFAULT_TAU == losses.METHOD_TAU / 10
+    with_sure = 0
+    for name in objectives.PRESETS:
+        for tau, expected in ((None, losses.DEFAULT_TAU), (0.02, 0.02)):
+            options = {} if tau is None else {"tau": tau}
+            steps = [t.tau for t in objectives.preset(name, **options) if hasattr(t, "tau")]
+            assert steps in ([], [expected]), (name, steps)
+            with_sure += bool(steps)
+    assert with_sure == 2 * 7  # sei, its two variants, sure, ei_shift, ei_rotate, ei_rotate_nearest
 
 
 def test_divergence_step_must_be_positive():
