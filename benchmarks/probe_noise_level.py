@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import machine  # noqa: E402
-from benchmarks.sure_probe_step import STEPS, check, training_crops  # noqa: E402
+from benchmarks.sure_probe_step import STEPS, check, training_crops, write_table  # noqa: E402
 from sei_tf import loading, rng  # noqa: E402
 
 
@@ -80,12 +80,7 @@ def main():
         "div/m: the finite-difference divergence per measurement value around y_s at each step; the error is "
         "||A f(y_s) - A x||^2 / m; PSNR of f(y_s) against the ground-truth crops, all crops together, unclipped.",
         "", *header, *rows, ""])
-    path = os.path.join(ROOT, "benchmarks", "results", args.out)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    print("\n".join(header + rows))
-    print(f"Wrote {path}")
+    write_table(args.out, text, header + rows)
 
 
 if __name__ == "__main__":

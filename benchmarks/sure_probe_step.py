@@ -83,6 +83,16 @@ def check(net, physics, y, x, probes):
     return {"div": divs, "sure": float(tf.reduce_mean(tf.stack(sure))), "true": float(tf.reduce_mean(true))}
 
 
+def write_table(out, text, table):
+    """Writes `text` to benchmarks/results/<out> (atomically) and prints the `table` lines."""
+    path = os.path.join(ROOT, "benchmarks", "results", out)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    print("\n".join(table))
+    print(f"Wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", required=True, help="name=path.keras, comma-separated (SEIModel files).")
@@ -117,12 +127,7 @@ def main():
         "derivative as tau shrinks). SURE uses tau = 0.01; the true error is ||A f(y) - A x||^2 / m. Where "
         "div/m at 0.01 departs from the smaller steps, SURE no longer measures the error.",
         "", *header, *rows, ""])
-    path = os.path.join(ROOT, "benchmarks", "results", args.out)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    print("\n".join(header + rows))
-    print(f"Wrote {path}")
+    write_table(args.out, text, header + rows)
 
 
 if __name__ == "__main__":
