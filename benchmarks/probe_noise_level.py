@@ -21,7 +21,6 @@ against the ground-truth crops. Writes benchmarks/results/<--out>.
 """
 
 import argparse
-import datetime
 import os
 import sys
 
@@ -31,8 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import machine  # noqa: E402
-from benchmarks.sure_probe_step import STEPS, check, training_crops, write_table  # noqa: E402
+from benchmarks.sure_probe_step import STEPS, check, training_crops, write_report  # noqa: E402
 from sei_tf import loading, rng  # noqa: E402
 
 
@@ -64,23 +62,18 @@ def main():
             r = check(model.backbone, model.physics, y_s, x, args.probes)
             added = 100.0 * s ** 2 / sigma ** 2
             rows.append(f"| {name} | {s:g} ({added:.1f}%) | " + " | ".join(f"{r['div'][t]:+.3f}" for t in STEPS)
-                        + f" | {r['true'] * 1e4:.2f} | {psnr(model.backbone(y_s), x):.2f} |")
+                        + f" | {r['true'] * 1e4:.2f} | {psnr(r['x_net'], x):.2f} |")
             print(rows[-1], flush=True)
 
     header = ["| model | extra noise std s (variance added) | div/m, step 0.01 | step 0.003 | step 0.001 "
               "| error of A f(y_s) x1e-4 | PSNR of f(y_s) (dB) |",
               "|---|---|---|---|---|---|---|"]
-    text = "\n".join([
-        "# Do restorers treat slightly noisier inputs differently?",
-        "",
-        f"{datetime.date.today()}, {machine.cpu_description()}. Data: `{args.data}` "
-        f"({args.crops} random 48-px crops per training image, {int(y.shape[0])} in all), {args.probes} Gaussian probes. "
-        "y_s = y + s c, c ~ N(0, I) drawn once; the measurements' own noise is sigma = "
-        f"{sigma * 255:g}/255, and s adds s^2 / sigma^2 to its variance (in brackets).",
-        "div/m: the finite-difference divergence per measurement value around y_s at each step; the error is "
-        "||A f(y_s) - A x||^2 / m; PSNR of f(y_s) against the ground-truth crops, all crops together, unclipped.",
-        "", *header, *rows, ""])
-    write_table(args.out, text, header + rows)
+    notes = [f"y_s = y + s c, c ~ N(0, I) drawn once; the measurements' own noise is sigma = {sigma * 255:g}/255, "
+             "and s adds s^2 / sigma^2 to its variance (in brackets).",
+             "div/m: the finite-difference divergence per measurement value around y_s at each step; the error is "
+             "||A f(y_s) - A x||^2 / m; PSNR of f(y_s) against the ground-truth crops, all crops together, unclipped."]
+    write_report(args.out, "Do restorers treat slightly noisier inputs differently?", args, int(y.shape[0]), notes,
+                 header + rows)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def training_crops(folder, upscale, crops, seed=0):
 
 
 def check(net, physics, y, x, probes):
-    """{"div": {tau: div / m}, "sure": SURE at tau = 0.01, "true": ||A f(y) - A x||^2 / m} (batch means)."""
+    """{"x_net": f(y), "div": {tau: div / m}, "true": ||A f(y) - A x||^2 / m} (batch means)."""
     mask, m = losses.sure_mask(y, physics)
     x_net = net(y)
     ax1 = physics.A(x_net)
@@ -79,12 +79,23 @@ def check(net, physics, y, x, probes):
             response = losses.probe_response(x_net, y, b, physics, net, tau)
             per_probe.append(tf.reduce_sum(b * response, axis=[1, 2, 3]) / m)
         divs[tau] = float(tf.reduce_mean(tf.stack(per_probe)))
+    return {"x_net": x_net, "div": divs, "true": float(tf.reduce_mean(true))}
+
+
+def sure_estimate(net, physics, y, x_net, probes):
+    """SURE at tau = 0.01 (batch mean over `probes` probes, the seeds `check` uses)."""
     sure = [losses.sure_gaussian(x_net, y, physics, net, tf.constant([k, 7]), STEPS[0]) for k in range(probes)]
-    return {"div": divs, "sure": float(tf.reduce_mean(tf.stack(sure))), "true": float(tf.reduce_mean(true))}
+    return float(tf.reduce_mean(tf.stack(sure)))
 
 
-def write_table(out, text, table):
-    """Writes `text` to benchmarks/results/<out> (atomically) and prints the `table` lines."""
+def write_report(out, title, args, n_crops, notes, table):
+    """Writes benchmarks/results/<out> (atomically): `title`, the machine and data, `notes`, `table`; prints the table."""
+    text = "\n".join([
+        f"# {title}",
+        "",
+        f"{datetime.date.today()}, {machine.cpu_description()}. Data: `{args.data}` "
+        f"({args.crops} random 48-px crops per training image, {n_crops} in all), {args.probes} Gaussian probes.",
+        *notes, "", *table, ""])
     path = os.path.join(ROOT, "benchmarks", "results", out)
     with open(path + ".tmp", "w") as f:
         f.write(text)
@@ -112,22 +123,17 @@ def main():
             variants.append((f"{name}, float32 copy", models.as_float32(model.backbone)))
         for label, net in variants:
             r = check(net, model.physics, y, x, args.probes)
+            sure = sure_estimate(net, model.physics, y, r["x_net"], args.probes)
             rows.append(f"| {label} | " + " | ".join(f"{r['div'][t]:+.3f}" for t in STEPS)
-                        + f" | {r['sure'] * 1e4:+.2f} | {r['true'] * 1e4:.2f} |")
+                        + f" | {sure * 1e4:+.2f} | {r['true'] * 1e4:.2f} |")
             print(rows[-1], flush=True)
 
     header = ["| model | div/m, tau 0.01 | tau 0.003 | tau 0.001 | SURE (tau 0.01) x1e-4 | true error x1e-4 |",
               "|---|---|---|---|---|---|"]
-    text = "\n".join([
-        "# SURE's divergence step on trained restorers",
-        "",
-        f"{datetime.date.today()}, {machine.cpu_description()}. Data: `{args.data}` "
-        f"({args.crops} random 48-px crops per training image, {int(y.shape[0])} in all), {args.probes} Gaussian probes.",
-        "div/m: the finite-difference divergence per measurement value at each step (it approaches the "
-        "derivative as tau shrinks). SURE uses tau = 0.01; the true error is ||A f(y) - A x||^2 / m. Where "
-        "div/m at 0.01 departs from the smaller steps, SURE no longer measures the error.",
-        "", *header, *rows, ""])
-    write_table(args.out, text, header + rows)
+    notes = ["div/m: the finite-difference divergence per measurement value at each step (it approaches the "
+             "derivative as tau shrinks). SURE uses tau = 0.01; the true error is ||A f(y) - A x||^2 / m. Where "
+             "div/m at 0.01 departs from the smaller steps, SURE no longer measures the error."]
+    write_report(args.out, "SURE's divergence step on trained restorers", args, int(y.shape[0]), notes, header + rows)
 
 
 if __name__ == "__main__":
