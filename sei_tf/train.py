@@ -7,7 +7,10 @@ The instrument (task, factor or kernel, noise level) is read from the folder's
 --factor, --kernel and --noise (or --noise_sigma). RUN_DIR receives `model.keras` (the last
 good model, saved after every epoch), `log.csv` (every loss term per epoch),
 `tensorboard/` and `backup/` (BackupAndRestore state: rerunning the same
-command after a crash resumes from the last finished epoch).
+command after a crash resumes from the last finished epoch). A resumed run must
+keep the flags that define what is learnt (data, instrument, objective, network,
+seed); optimisation flags may change (e.g. a lower --learning_rate after a NaN),
+and config.json records each resume and what it changed.
 
 Fine-tuning: --init_from starts from a trained restorer (a .keras file, a run
 folder or a shipped model's name, see `sei-tf models`) instead of random weights;
@@ -249,6 +252,65 @@ RUN_ARTEFACTS = ("model.keras", "model.keras.tmp.keras", "log.csv", "config.json
                  "evaluation.csv", "best.keras", "best.keras.tmp.keras", "best.json")
 
 
+# Flags that define what a run learns: the data, the instrument, the objective, the network and the
+# seed. A resumed run must keep them (its backup's weights and data position belong to that run).
+# The other flags (optimisation and display) may change on a resume; the change is logged.
+RESUME_FIXED = ("measurements", "ground_truth", "method", "stop_gradient", "alpha", "backbone", "backbone_args",
+                "task", "factor", "kernel", "noise", "noise_sigma", "channels", "batch_size", "patch_size",
+                "dihedral", "seed", "init_from", "trainable_layers", "holdout")
+RESUME_IGNORED = ("output", "overwrite", "progress")
+PATH_FLAGS = ("measurements", "ground_truth", "init_from")  # compared as absolute paths
+
+
+def _absolute(value, cwd):
+    """A path flag's value (comma-separated parts) with each existing relative part made absolute."""
+    if not isinstance(value, str):
+        return value
+    parts = [os.path.normpath(os.path.join(cwd, p)) if os.path.exists(os.path.join(cwd, p)) else p
+             for p in value.split(",")]
+    return ",".join(parts)
+
+
+def run_settings():
+    """This program's flags as JSON values, paths made absolute (what config.json records)."""
+    settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
+    settings = json.loads(json.dumps(settings, default=str))
+    for name in PATH_FLAGS:
+        settings[name] = _absolute(settings.get(name), os.getcwd())
+    return settings
+
+
+def check_resume(run_dir, settings):
+    """Compares a resumed run's settings with those config.json recorded; returns the changes.
+
+    Returns {flag: (recorded, now)} for the changed flags that may change. Raises TrainingError,
+    touching nothing, when a flag of RESUME_FIXED changed. A run folder without config.json (a
+    crash before it was written) has nothing to compare.
+    """
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path} cannot be read ({e}), so the flags of the run in {run_dir} are unknown. "
+                            "Move the folder aside and start again, or choose another --output.") from e
+    recorded = dict(record.get("flags", {}))
+    for name in PATH_FLAGS:  # config.json of versions before the cwd was recorded: best effort
+        recorded[name] = _absolute(recorded.get(name), record.get("cwd", os.getcwd()))
+    changed = {name: (recorded[name], value) for name, value in settings.items()
+               if name in recorded and name not in RESUME_IGNORED and recorded[name] != value}
+    fixed = {name: change for name, change in changed.items() if name in RESUME_FIXED}
+    if fixed:
+        listed = "; ".join(f"--{name} was {old!r}, now {new!r}" for name, (old, new) in sorted(fixed.items()))
+        raise TrainingError(
+            f"{run_dir} holds an unfinished run (backup/) started with other settings: {listed}. A resumed run "
+            "must keep what it learns (data, instrument, objective, network, seed). Rerun with the recorded "
+            f"flags ({path}) to resume it, or choose another --output to start a new run.")
+    return changed
+
+
 def check_output(run_dir, overwrite, create=True):
     """Refuses to clobber a finished run; a run with a backup/ folder is resumed.
 
@@ -273,6 +335,24 @@ def check_output(run_dir, overwrite, create=True):
     return resuming
 
 
+def write_config(run_dir, settings, physics, done, resume_changes):
+    """Writes run_dir/config.json (atomically): the flags, the physics, and the list of resumes.
+
+    A resume appends {"after_epoch": done, "changed": {flag: [recorded, now]}} to "resumes"; "flags" holds
+    the latest settings.
+    """
+    path = os.path.join(run_dir, "config.json")
+    resumes = []
+    if done and os.path.exists(path):
+        with open(path) as f:
+            resumes = json.load(f).get("resumes", [])
+        resumes.append({"after_epoch": done, "changed": {k: list(v) for k, v in sorted(resume_changes.items())}})
+    record = {"flags": settings, "cwd": os.getcwd(), "physics": physics, "resumes": resumes}
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def train():
     """Runs training from FLAGS; returns the run folder."""
     import keras
@@ -291,7 +371,11 @@ def train():
 
         # Only the chief writes into --output; other workers write into a temporary folder.
         run_dir = distributed.write_dir(FLAGS.output)
-    check_output(run_dir, FLAGS.overwrite, create=False)  # refuse a finished run before loading anything
+    # Refuse a finished run, or a resume with other settings, before loading anything.
+    settings = run_settings()
+    resume_changes = check_resume(run_dir, settings) if check_output(run_dir, FLAGS.overwrite, create=False) else {}
+    for name, (old, new) in sorted(resume_changes.items()):
+        logging.warning("Resuming with --%s %s (the run started with %s).", name, new, old)
     files = data.list_images(FLAGS.measurements)  # a folder, a file, or comma-separated paths
     channels = FLAGS.channels or (read_sidecar(FLAGS.measurements) or {}).get("channels") or 3
     estimated = None
@@ -380,9 +464,7 @@ def train():
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
     sure_check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, op.noise)
     callbacks, watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best, sure_check=sure_check)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
-        json.dump({"flags": settings, "physics": op.describe()}, f, indent=2, default=str)
+    write_config(run_dir, settings, op.describe(), done, resume_changes)
     logging.info("Training %s with %s (%s) on %d images (%s), %d steps", FLAGS.backbone, FLAGS.method,
                  objectives.describe(model.objective), len(images), op.describe(), total_steps)
     if FLAGS.strategy == "multi_worker":

@@ -399,12 +399,39 @@ def test_killed_run_resumes_from_last_epoch(work, dataset):
     # the CSV row of an epoch is written just after its backup: a kill in between loses that row only
     assert len(logged) in (done, done - 1)
 
-    result = succeeded(cli("sei_tf.train", *args))
+    # A resume must keep what the run learns: another seed is refused, and nothing is touched.
+    before = snapshot(run_dir)
+    refused = cli("sei_tf.train", *args, "--seed", 1)
+    error_line(refused, "started with other settings", "--seed was 0, now 1", "another --output")
+    assert snapshot(run_dir) == before
+    # An optimisation flag may change (e.g. a lower rate after a NaN): logged and recorded.
+    result = succeeded(cli("sei_tf.train", *args, "--learning_rate", 1e-4))
+    assert "Resuming with --learning_rate 0.0001 (the run started with 0.0002)" in result.stderr
+    with open(run_dir / "config.json") as f:
+        config = json.load(f)
+    assert config["resumes"] == [{"after_epoch": done, "changed": {"learning_rate": [2e-4, 1e-4]}}]
+    assert config["flags"]["learning_rate"] == 1e-4
     assert f"Resuming after epoch {done}" in result.stderr
     assert "Epoch 1/" not in result.stdout and f"Epoch {done + 1}/{epochs}" in result.stdout
     resumed = [int(r["epoch"]) for r in read_log(run_dir)]
     assert resumed == logged + list(range(done, epochs))  # continues: no restart from epoch 0
     assert os.path.exists(run_dir / "model.keras") and not os.path.exists(run_dir / "backup")
+
+
+def test_resume_check_compares_paths_as_absolute(tmp_path):
+    """config.json's relative paths are resolved against the folder the run started in."""
+    from sei_tf import train
+
+    (tmp_path / "data").mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    now = {"measurements": str(tmp_path / "data"), "seed": 0, "learning_rate": 1e-4, "output": "elsewhere"}
+    record = {"flags": {"measurements": "data", "seed": 0, "learning_rate": 2e-4, "output": "run"},
+              "cwd": str(tmp_path)}
+    (run_dir / "config.json").write_text(json.dumps(record))
+    assert train.check_resume(str(run_dir), now) == {"learning_rate": (2e-4, 1e-4)}
+    with pytest.raises(train.TrainingError, match="--measurements was"):
+        train.check_resume(str(run_dir), dict(now, measurements=str(tmp_path)))
 
 
 def test_nan_loss_stops_and_keeps_last_good_model(work, dataset):
