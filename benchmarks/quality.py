@@ -440,7 +440,7 @@ def save_predictions(path, names, images):
     """The 8-bit estimates of the test images, written atomically (a parallel run's report may read them)."""
     import numpy as np
 
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: parallel runs share a cell folder
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **{n: to_uint8(p) for n, p in zip(names, images)})
     os.replace(tmp, path)
@@ -464,7 +464,8 @@ def baseline_cell(task_key, td, cfg, cell_dir):
 
 
 def _write_json(path, obj):
-    tmp = path + ".tmp"
+    """Writes JSON atomically; the temporary name is per process (parallel runs write the same config.json)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1)
     os.replace(tmp, path)

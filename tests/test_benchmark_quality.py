@@ -586,3 +586,28 @@ def test_extra_test_images_score_the_saved_cells(quality, tiny_photos, tmp_path)
     assert all_cells["sr_x2", "sei", 0]["psnr"] == pytest.approx(cell["sei"]["psnr"] + scores["sei"]["psnr"])
     (both,) = cc.compare(all_cells, all_cells, "supervised", "sei")
     assert [both["diff"], both["low"], both["high"]] == pytest.approx(row["all"])
+
+
+def _write_many(quality, path, n, errors):
+    try:
+        for i in range(n):
+            quality._write_json(path, {"writer": os.getpid(), "i": i})
+    except OSError as e:  # reported to the parent, which asserts there is none
+        errors.put(repr(e))
+
+
+def test_parallel_processes_write_the_same_json(quality, tmp_path):
+    """Two benchmark processes starting together both write the cell folder's config.json."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    path, errors = str(tmp_path / "config.json"), ctx.Queue()
+    writers = [ctx.Process(target=_write_many, args=(quality, path, 300, errors)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert errors.empty(), errors.get()
+    assert json.load(open(path))["i"] == 299
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
