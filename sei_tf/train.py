@@ -262,13 +262,11 @@ RESUME_IGNORED = ("output", "overwrite", "progress")
 PATH_FLAGS = ("measurements", "ground_truth", "init_from")  # compared as absolute paths
 
 
-def _absolute(value, cwd):
-    """A path flag's value (comma-separated parts) with each existing relative part made absolute."""
+def _absolute(value):
+    """A path flag's value (comma-separated parts) with each existing part made absolute."""
     if not isinstance(value, str):
         return value
-    parts = [os.path.normpath(os.path.join(cwd, p)) if os.path.exists(os.path.join(cwd, p)) else p
-             for p in value.split(",")]
-    return ",".join(parts)
+    return ",".join(os.path.abspath(p) if os.path.exists(p) else p for p in value.split(","))
 
 
 def run_settings():
@@ -276,7 +274,7 @@ def run_settings():
     settings = {fl.name: fl.value for fl in FLAGS.get_flags_for_module(sys.modules[__name__])}
     settings = json.loads(json.dumps(settings, default=str))
     for name in PATH_FLAGS:
-        settings[name] = _absolute(settings.get(name), os.getcwd())
+        settings[name] = _absolute(settings.get(name))
     return settings
 
 
@@ -297,8 +295,8 @@ def check_resume(run_dir, settings):
         raise TrainingError(f"{path} cannot be read ({e}), so the flags of the run in {run_dir} are unknown. "
                             "Move the folder aside and start again, or choose another --output.") from e
     recorded = dict(record.get("flags", {}))
-    for name in PATH_FLAGS:  # config.json of versions before the cwd was recorded: best effort
-        recorded[name] = _absolute(recorded.get(name), record.get("cwd", os.getcwd()))
+    for name in PATH_FLAGS:  # recorded absolute since this check exists; older relative ones: best effort
+        recorded[name] = _absolute(recorded.get(name))
     changed = {name: (recorded[name], value) for name, value in settings.items()
                if name in recorded and name not in RESUME_IGNORED and recorded[name] != value}
     fixed = {name: change for name, change in changed.items() if name in RESUME_FIXED}
@@ -347,7 +345,7 @@ def write_config(run_dir, settings, physics, done, resume_changes):
         with open(path) as f:
             resumes = json.load(f).get("resumes", [])
         resumes.append({"after_epoch": done, "changed": {k: list(v) for k, v in sorted(resume_changes.items())}})
-    record = {"flags": settings, "cwd": os.getcwd(), "physics": physics, "resumes": resumes}
+    record = {"flags": settings, "physics": physics, "resumes": resumes}
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=2)
     os.replace(path + ".tmp", path)

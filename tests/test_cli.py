@@ -418,16 +418,16 @@ def test_killed_run_resumes_from_last_epoch(work, dataset):
     assert os.path.exists(run_dir / "model.keras") and not os.path.exists(run_dir / "backup")
 
 
-def test_resume_check_compares_paths_as_absolute(tmp_path):
-    """config.json's relative paths are resolved against the folder the run started in."""
+def test_resume_check_compares_paths_as_absolute(tmp_path, monkeypatch):
+    """A relative path in config.json (written by an older version) names the same folder as an absolute one."""
     from sei_tf import train
 
     (tmp_path / "data").mkdir()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    monkeypatch.chdir(tmp_path)
     now = {"measurements": str(tmp_path / "data"), "seed": 0, "learning_rate": 1e-4, "output": "elsewhere"}
-    record = {"flags": {"measurements": "data", "seed": 0, "learning_rate": 2e-4, "output": "run"},
-              "cwd": str(tmp_path)}
+    record = {"flags": {"measurements": "data", "seed": 0, "learning_rate": 2e-4, "output": "run"}}
     (run_dir / "config.json").write_text(json.dumps(record))
     assert train.check_resume(str(run_dir), now) == {"learning_rate": (2e-4, 1e-4)}
     with pytest.raises(train.TrainingError, match="--measurements was"):
