@@ -439,8 +439,10 @@ def train():
     check_output(run_dir, FLAGS.overwrite)  # every input is checked: only now is --output touched
 
     # After a crash, skip the batches of finished epochs so the data matches an uninterrupted run.
-    # (Multi-worker runs skip them in distributed.fit, after the chief's epoch is broadcast.)
-    done = 0 if FLAGS.strategy == "multi_worker" else callbacks_lib.resumed_epoch(os.path.join(run_dir, "backup"))
+    # (Multi-worker runs skip them in distributed.fit, after the chief's epoch is broadcast; the
+    # chief, the only worker whose run_dir holds backup/, still records the resume in config.json.)
+    resumed = callbacks_lib.resumed_epoch(os.path.join(run_dir, "backup"))
+    done = 0 if FLAGS.strategy == "multi_worker" else resumed
     if done:
         logging.info("Resuming after epoch %d from %s/backup", done, run_dir)
         dataset = dataset.skip(done * FLAGS.steps_per_epoch)
@@ -462,7 +464,7 @@ def train():
         keep_best = ("val_psnr", "max") if FLAGS.ground_truth else ("val_loss", "min")
     sure_check = callbacks_lib.WarnNegativeSURE.for_objective(model.objective, op.noise)
     callbacks, watch = callbacks_lib.build_callbacks(run_dir, keep_best=keep_best, sure_check=sure_check)
-    write_config(run_dir, settings, op.describe(), done, resume_changes)
+    write_config(run_dir, settings, op.describe(), resumed, resume_changes)
     logging.info("Training %s with %s (%s) on %d images (%s), %d steps", FLAGS.backbone, FLAGS.method,
                  objectives.describe(model.objective), len(images), op.describe(), total_steps)
     if FLAGS.strategy == "multi_worker":

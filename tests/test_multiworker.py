@@ -274,6 +274,8 @@ def test_two_workers_resume_after_sigkill(measurements, tmp_path):
     with Cluster(_args(measurements, run, epochs, steps), tmp_path, "resumed") as cluster:
         cluster.wait()
     assert f"Resuming after epoch {finished} (state broadcast from the chief)" in cluster.output(0)
+    # The chief records the resume (same flags, so nothing changed).
+    assert json.loads((run / "config.json").read_text())["resumes"] == [{"after_epoch": finished, "changed": {}}]
     a, b = _fingerprints(cluster)
     assert a == b
     assert _epochs_logged(run) == ["0", "1", "2"]
