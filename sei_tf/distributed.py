@@ -21,7 +21,8 @@ chief) keeps a backup (`RUN_DIR/backup`, the format of
 `keras.callbacks.BackupAndRestore`). On restart the chief restores it and
 broadcasts the weights, the optimizer state and the epoch to all workers, so
 the other workers need no state of their own and no shared file system.
-When a peer dies mid-run, the failed collective becomes a `WorkerLostError`
+When a peer dies mid-run (or stops at start-up with an error of its own), the
+failed collective becomes a `WorkerLostError`
 (a `ConnectionError`, so the train CLI prints it and exits with status 1)
 telling the user to restart all workers.
 
@@ -31,6 +32,7 @@ chief writes into RUN_DIR; the others write into a temporary folder that is
 deleted at the end (the standard multi-worker pattern).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,6 +45,29 @@ from absl import logging
 
 class WorkerLostError(ConnectionError):
     """Another worker stopped answering (crash, kill, lost machine): restart them all to resume."""
+
+
+@contextlib.contextmanager
+def lost_workers_reported(during):
+    """Turns a failed collective inside the block into a `WorkerLostError`.
+
+    A collective fails when a peer crashed, was killed, is unreachable, or stopped at start-up with
+    an error of its own (a chief that refuses a resume, bad data on one machine). `during` is a
+    zero-argument callable giving when it happened, in words ("during epoch 3").
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as e:
+        text = (getattr(e, "message", "") or str(e)).strip()
+        found = re.search(r"aborted by: ([^\n]+)", text)
+        reason = (found.group(1) if found else text.splitlines()[-1] if text else type(e).__name__)[:300]
+        raise WorkerLostError(
+            f"Lost contact with another worker {during()} ({reason}). If another worker stopped with an "
+            "error, fix what it names first. Then restart every worker with the same command and TF_CONFIG: "
+            "training resumes after the last epoch saved in the chief's backup/ folder.") from e
 
 
 def cluster_task(tf_config=None):
@@ -170,13 +195,14 @@ def fit(model, dataset, epochs, steps_per_epoch, callbacks, strategy, validation
     # All workers take the chief's epoch (read from its backup), weights and optimizer state.
     backups = [cb for cb in callbacks if isinstance(cb, keras.callbacks.BackupAndRestore)]
     chief_done = callbacks_lib.resumed_epoch(backups[0].backup_dir) if backups else 0
-    done = int(broadcast_from_first_replica(strategy, [tf.constant(chief_done, tf.int64)])[0])
-    if done:
-        state = list(model.trainable_variables) + list(model.non_trainable_variables) + list(
-            model.optimizer.variables)
-        for var, value in zip(state, broadcast_from_first_replica(strategy, state)):
-            var.assign(value)
-        logging.info("Resuming after epoch %d (state broadcast from the chief)", done)
+    with lost_workers_reported(lambda: "at start-up"):
+        done = int(broadcast_from_first_replica(strategy, [tf.constant(chief_done, tf.int64)])[0])
+        if done:
+            state = list(model.trainable_variables) + list(model.non_trainable_variables) + list(
+                model.optimizer.variables)
+            for var, value in zip(state, broadcast_from_first_replica(strategy, state)):
+                var.assign(value)
+            logging.info("Resuming after epoch %d (state broadcast from the chief)", done)
     iterator = iter(distribute_global_batches(strategy, dataset.skip(done * steps_per_epoch)))
 
     @tf.function
@@ -186,9 +212,7 @@ def fit(model, dataset, epochs, steps_per_epoch, callbacks, strategy, validation
         return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
 
     logs, epoch = {}, done
-    lost = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
-            tf.errors.CancelledError)
-    try:
+    with lost_workers_reported(lambda: f"during epoch {epoch + 1}"):
         for epoch in range(done, epochs):
             for m in model.metrics:
                 m.reset_state()
@@ -207,14 +231,6 @@ def fit(model, dataset, epochs, steps_per_epoch, callbacks, strategy, validation
                              ", ".join(f"{k}={v:.6g}" for k, v in logs.items()))
             if model.stop_training:
                 break
-    except lost as e:  # a collective failed: a peer crashed, was killed or is unreachable
-        text = (getattr(e, "message", "") or str(e)).strip()
-        found = re.search(r"aborted by: ([^\n]+)", text)
-        reason = (found.group(1) if found else text.splitlines()[-1] if text else type(e).__name__)[:300]
-        raise WorkerLostError(
-            f"Lost contact with another worker during epoch {epoch + 1} ({reason}). Restart every worker "
-            "with the same command and TF_CONFIG: training resumes after the last epoch saved in the "
-            "chief's backup/ folder.") from e
     cbs.on_train_end(logs)
     logging.info("final weights fingerprint: %s", weights_fingerprint(model))
     return logs

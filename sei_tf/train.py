@@ -453,7 +453,10 @@ def train():
     compute_type, why = precision.resolve(FLAGS.precision)
     logging.info("Precision: %s", why)
     keras.utils.set_random_seed(FLAGS.seed)
-    with strategy.scope() if strategy else contextlib.nullcontext():
+    # Creating the variables is the workers' first collective: a peer that stopped at start-up shows here.
+    watched = (distributed.lost_workers_reported(lambda: "at start-up") if FLAGS.strategy == "multi_worker"
+               else contextlib.nullcontext())
+    with watched, strategy.scope() if strategy else contextlib.nullcontext():
         backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
                                    stop_gradient=FLAGS.stop_gradient, tau=FLAGS.tau, l2sp=FLAGS.l2sp,

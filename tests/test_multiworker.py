@@ -271,6 +271,16 @@ def test_two_workers_resume_after_sigkill(measurements, tmp_path):
         assert "error: Lost contact with another worker" in cluster.output(0), cluster.output(0)[-3000:]
     finished = json.loads(meta.read_text())["epoch"]
     assert 1 <= finished < epochs, finished
+    # A restart with another seed is refused by the chief, and no worker is left waiting for it.
+    with Cluster(_args(measurements, run, epochs, steps) + ["--seed", "1"], tmp_path, "refused") as cluster:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs):
+            time.sleep(0.1)
+        codes = [p.poll() for p in cluster.procs]
+        assert codes[0] == 1 and "--seed was 0, now 1" in cluster.output(0), cluster.output(0)[-2000:]
+        assert codes[1] == 1 and "error: Lost contact with another worker at start-up" in cluster.output(1), (
+            f"worker 1: exit code {codes[1]}\n" + cluster.output(1)[-2000:])
+    assert json.loads(meta.read_text())["epoch"] == finished
     with Cluster(_args(measurements, run, epochs, steps), tmp_path, "resumed") as cluster:
         cluster.wait()
     assert f"Resuming after epoch {finished} (state broadcast from the chief)" in cluster.output(0)
