@@ -19,6 +19,10 @@ B - A averaged over the common seeds; its mean with the 95% Student-t interval
 over the images (quality_summary.paired_interval), in bold where it excludes 0.
 Prints the table and writes it to --out.
 
+--a and --b may each list several summaries (comma-separated), whose cells are
+pooled: e.g. the tasks of one budget that were reported in two folders. A cell
+found in two of them must hold the same scores.
+
 --a_method M --b_method N compares method M of A with method N of B instead
 (one row per task), e.g. supervised + aug. at the default tau against SEI
 trained with --tau 0.001: the cells still pair by seed and test image.
@@ -35,13 +39,24 @@ from quality_report import METHOD_LABELS  # noqa: E402
 from quality_summary import load_summary_cells, paired_interval, per_image_difference  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("a", None, "quality.json (several seeds) of the reference configuration.")
-flags.DEFINE_string("b", None, "quality.json (several seeds) of the configuration compared with it.")
+flags.DEFINE_list("a", None, "quality.json (several seeds) of the reference configuration; several are pooled.")
+flags.DEFINE_list("b", None, "quality.json (several seeds) of the configuration compared with it; same.")
 flags.DEFINE_string("a_label", "A", "Name of configuration A in the table.")
 flags.DEFINE_string("b_label", "B", "Name of configuration B in the table.")
 flags.DEFINE_string("out", None, "Markdown file to write (default: compare.md next to --b).")
 flags.DEFINE_string("a_method", None, "Compare only this method (cell key) of A ... (give --b_method too).")
 flags.DEFINE_string("b_method", None, "... with this method of B, task by task (default: each method with itself).")
+
+
+def pooled_cells(paths):
+    """{(task, method, seed): cell} of several summaries, in their order; a cell in two must agree."""
+    pooled = {}
+    for path in paths:
+        for key, cell in load_summary_cells(path).items():
+            if key in pooled and pooled[key]["psnr"] != cell["psnr"]:
+                raise ValueError(f"{path}: the cell {key} is also in an earlier file, with other scores.")
+            pooled.setdefault(key, cell)
+    return pooled
 
 
 def compare(cells_a, cells_b, a_method=None, b_method=None):
@@ -96,17 +111,18 @@ def main(argv):
     if (FLAGS.a_method is None) != (FLAGS.b_method is None):
         raise app.UsageError("give both --a_method and --b_method, or neither.")
     try:
-        rows = compare(load_summary_cells(FLAGS.a), load_summary_cells(FLAGS.b), FLAGS.a_method, FLAGS.b_method)
+        rows = compare(pooled_cells(FLAGS.a), pooled_cells(FLAGS.b), FLAGS.a_method, FLAGS.b_method)
     except ValueError as e:
         raise app.UsageError(str(e))
     if not rows:
-        raise app.UsageError(f"{FLAGS.a} and {FLAGS.b} have no (task, method, seed) cell in common.")
+        raise app.UsageError(f"{','.join(FLAGS.a)} and {','.join(FLAGS.b)} have no (task, method, seed) cell in "
+                             "common.")
     lines = [f"# {FLAGS.b_label} against {FLAGS.a_label}", "",
-             f"A: {os.path.relpath(FLAGS.a)}; B: {os.path.relpath(FLAGS.b)}. PSNR: 8-bit luma, full test images, "
+             f"A: {', '.join(map(os.path.relpath, FLAGS.a))}; B: {', '.join(map(os.path.relpath, FLAGS.b))}. PSNR: 8-bit luma, full test images, "
              "mean over the common seeds. Paired: B minus A per test image (averaged over the seeds), mean and "
              "95% t interval over the images; bold where it excludes 0.", ""] + table(rows, FLAGS.a_label,
                                                                                       FLAGS.b_label)
-    out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(FLAGS.b)), "compare.md")
+    out = FLAGS.out or os.path.join(os.path.dirname(os.path.abspath(FLAGS.b[0])), "compare.md")
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -461,6 +461,15 @@ def test_compare_cell_sets_pairs_seeds_and_images(quality, tmp_path):
     other = summary(tmp_path / "c.json", {0: [cell("sei", [30.0, 31.0, 32.0], names=("a", "b", "d"))]})
     with pytest.raises(ValueError, match="different images"):
         cc.compare(cc.load_summary_cells(a), cc.load_summary_cells(other))
+    # Several summaries pool their cells (a task reported in another folder); a cell in two must agree.
+    d = summary(tmp_path / "d.json", {0: [dict(cell("sei", [26.0, 27.0, 28.0]), task="sr_x4")],
+                                      1: [cell("sei", [30.0, 30.0, 30.0])]})
+    pooled = cc.pooled_cells([a, d])
+    assert list(pooled) == [("sr_x2", "sei", 0), ("sr_x2", "sure", 0), ("sr_x2", "sei", 1), ("sr_x2", "sei", 2),
+                            ("sr_x4", "sei", 0)]  # each file's order, then the next file's new cells
+    assert pooled["sr_x4", "sei", 0]["psnr"] == [26.0, 27.0, 28.0]
+    with pytest.raises(ValueError, match="other scores"):
+        cc.pooled_cells([a, b])  # SEI seed 0 differs
 
 
 def test_budgets_pair_seeds_across_budgets_and_divide_by_doublings(quality, tmp_path):
