@@ -52,7 +52,7 @@ def lost_workers_reported(during):
     """Turns a failed collective inside the block into a `WorkerLostError`.
 
     A collective fails when a peer crashed, was killed, is unreachable, or stopped at start-up with
-    an error of its own (a chief that refuses a resume, bad data on one machine). `during` is a
+    an error of its own (e.g. a chief that refuses to resume with other flags). `during` is a
     zero-argument callable giving when it happened, in words ("during epoch 3").
     """
     import tensorflow as tf

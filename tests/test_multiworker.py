@@ -109,13 +109,15 @@ def _kill(procs):
 class Cluster:
     """Worker processes of `python -m sei_tf.train`; killed (process groups) on exit."""
 
-    def __init__(self, args, tmp, name, n=2):
+    def __init__(self, args, tmp, name, n=2, extra=None):
+        """`extra`: {worker index: more arguments for that worker only}."""
         self.logs = [tmp / f"{name}-worker{i}.log" for i in range(n)]
         self.procs = []
-        for log, config in zip(self.logs, _tf_configs(n)):
+        for i, (log, config) in enumerate(zip(self.logs, _tf_configs(n))):
             with open(log, "w") as f:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "sei_tf.train", *args, "--strategy", "multi_worker"],
+                    [sys.executable, "-m", "sei_tf.train", *args, *(extra or {}).get(i, []),
+                     "--strategy", "multi_worker"],
                     env=_env(tmp, config), cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
                     start_new_session=True))
 
@@ -239,6 +241,18 @@ def test_two_workers_match_single_process_run(measurements, tmp_path):
     print(f"2 workers vs 1 process: max |diff| {diff:.3g}")
     assert _iterations(run / "model.keras") == epochs * steps
     assert diff < 1e-6, diff
+
+
+def test_a_worker_stopping_at_start_up_stops_the_chief(measurements, tmp_path):
+    """Worker 1 refuses its input (patch larger than the images): the chief stops with a clear error."""
+    args = _args(measurements, tmp_path / "run", 2, 5)
+    with Cluster(args, tmp_path, "bad", extra={1: ["--patch_size", "999"]}) as cluster:
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs):
+            time.sleep(0.1)
+        assert [p.poll() for p in cluster.procs] == [1, 1], "\n".join(cluster.output(i)[-2000:] for i in range(2))
+        assert "smaller than --patch_size 999" in cluster.output(1)
+        assert "error: Lost contact with another worker at start-up" in cluster.output(0), cluster.output(0)[-2000:]
 
 
 def test_two_workers_resume_after_sigkill(measurements, tmp_path):
