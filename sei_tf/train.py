@@ -457,7 +457,7 @@ def train():
     watched = (distributed.lost_workers_reported(lambda: "at start-up") if FLAGS.strategy == "multi_worker"
                else contextlib.nullcontext())
     with watched, strategy.scope() if strategy else contextlib.nullcontext():
-        backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(done))
+        backbone = starting_backbone(source, op, channels, compute_type, resuming=bool(resumed))
         model = sei_model.SEIModel(backbone, op, objective=FLAGS.method, seed=FLAGS.seed, alpha=FLAGS.alpha,
                                    stop_gradient=FLAGS.stop_gradient, tau=FLAGS.tau, l2sp=FLAGS.l2sp,
                                    trainable_layers=FLAGS.trainable_layers)
