@@ -110,15 +110,15 @@ def main(argv):
         raise app.UsageError("give both --a and --b.")
     if (FLAGS.a_method is None) != (FLAGS.b_method is None):
         raise app.UsageError("give both --a_method and --b_method, or neither.")
+    files_a, files_b = (", ".join(map(os.path.relpath, paths)) for paths in (FLAGS.a, FLAGS.b))
     try:
         rows = compare(pooled_cells(FLAGS.a), pooled_cells(FLAGS.b), FLAGS.a_method, FLAGS.b_method)
     except ValueError as e:
         raise app.UsageError(str(e))
     if not rows:
-        raise app.UsageError(f"{','.join(FLAGS.a)} and {','.join(FLAGS.b)} have no (task, method, seed) cell in "
-                             "common.")
+        raise app.UsageError(f"{files_a} and {files_b} have no (task, method, seed) cell in common.")
     lines = [f"# {FLAGS.b_label} against {FLAGS.a_label}", "",
-             f"A: {', '.join(map(os.path.relpath, FLAGS.a))}; B: {', '.join(map(os.path.relpath, FLAGS.b))}. PSNR: 8-bit luma, full test images, "
+             f"A: {files_a}; B: {files_b}. PSNR: 8-bit luma, full test images, "
              "mean over the common seeds. Paired: B minus A per test image (averaged over the seeds), mean and "
              "95% t interval over the images; bold where it excludes 0.", ""] + table(rows, FLAGS.a_label,
                                                                                       FLAGS.b_label)

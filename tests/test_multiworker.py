@@ -130,6 +130,13 @@ class Cluster:
     def output(self, i):
         return self.logs[i].read_text()
 
+    def exit_codes(self, timeout=DEADLINE_S):
+        """Waits until every worker has exited, or the deadline; their exit codes (None: still running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            time.sleep(0.1)
+        return [p.poll() for p in self.procs]
+
     def wait(self, timeout=DEADLINE_S):
         """Waits for all workers; on a failure or the deadline, kills the rest and fails the test."""
         deadline = time.monotonic() + timeout
@@ -247,10 +254,7 @@ def test_a_worker_stopping_at_start_up_stops_the_chief(measurements, tmp_path):
     """Worker 1 refuses its input (patch larger than the images): the chief stops with a clear error."""
     args = _args(measurements, tmp_path / "run", 2, 5)
     with Cluster(args, tmp_path, "bad", extra={1: ["--patch_size", "999"]}) as cluster:
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs):
-            time.sleep(0.1)
-        assert [p.poll() for p in cluster.procs] == [1, 1], "\n".join(cluster.output(i)[-2000:] for i in range(2))
+        assert cluster.exit_codes() == [1, 1], "\n".join(cluster.output(i)[-2000:] for i in range(2))
         assert "smaller than --patch_size 999" in cluster.output(1)
         assert "error: Lost contact with another worker at start-up" in cluster.output(0), cluster.output(0)[-2000:]
 
@@ -287,10 +291,7 @@ def test_two_workers_resume_after_sigkill(measurements, tmp_path):
     assert 1 <= finished < epochs, finished
     # A restart with another seed is refused by the chief, and no worker is left waiting for it.
     with Cluster(_args(measurements, run, epochs, steps) + ["--seed", "1"], tmp_path, "refused") as cluster:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and any(p.poll() is None for p in cluster.procs):
-            time.sleep(0.1)
-        codes = [p.poll() for p in cluster.procs]
+        codes = cluster.exit_codes(120)
         assert codes[0] == 1 and "--seed was 0, now 1" in cluster.output(0), cluster.output(0)[-2000:]
         assert codes[1] == 1 and "error: Lost contact with another worker at start-up" in cluster.output(1), (
             f"worker 1: exit code {codes[1]}\n" + cluster.output(1)[-2000:])
